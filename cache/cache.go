@@ -1,0 +1,270 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mediafs/mediafs/backend"
+)
+
+// Options configure a Cache.
+type Options struct {
+	Dir      string // cache directory: db/ and data/ live here
+	Store    backend.Store
+	Logger   *slog.Logger
+	Defaults Defaults
+	// DirTTL is how long a bucket listing is trusted.
+	DirTTL time.Duration
+	// WritebackDelay is how long a closed file waits before its upload, so
+	// that rewrites coalesce.
+	WritebackDelay time.Duration
+	// WritebackMaxWait uploads a file held open for writing from a snapshot
+	// once its oldest unuploaded change is this old.
+	WritebackMaxWait time.Duration
+	// UploadConcurrency is the number of upload workers.
+	UploadConcurrency int
+	// UploadOnClose makes Flush return only once the object is uploaded.
+	UploadOnClose bool
+	// OpTimeout bounds a backend call made on behalf of a file system op.
+	OpTimeout time.Duration
+	// CacheSize caps the bytes of clean cached data (dirty data is never
+	// evicted). 0 means no cap.
+	CacheSize int64
+	// WholeFileLimit: objects up to this size are fetched whole on open and
+	// served from the local file; larger ones are read by ranged GETs.
+	WholeFileLimit int64
+	// Host names this machine in conflict copies.
+	Host string
+}
+
+// Cache is the local state of one mount.
+type Cache struct {
+	o       Options
+	log     *slog.Logger
+	db      *badger.DB
+	seq     *badger.Sequence
+	dataDir string
+	st      backend.Store
+
+	mu     sync.Mutex // guards items, dirs, recent
+	items  map[string]*Item
+	dirs   map[string]*dirListing
+	recent map[string]recentChange
+
+	lru *lru
+	up  *uploader
+
+	skippedOnce sync.Map
+	stats       Stats
+}
+
+// Stats are counters for metrics and status.
+type Stats struct {
+	Uploads, UploadBytes, UploadFailures, Deletes, Copies atomic.Int64
+	Conflicts, Evictions, CacheHits, CacheMisses         atomic.Int64
+	SkippedKeys                                          atomic.Int64
+}
+
+// Open opens (or creates) the cache in o.Dir, replays the journal and
+// starts the upload workers. Close stops them.
+func Open(o Options) (*Cache, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.DirTTL <= 0 {
+		o.DirTTL = time.Second
+	}
+	if o.UploadConcurrency <= 0 {
+		o.UploadConcurrency = 16
+	}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = 60 * time.Second
+	}
+	if o.WritebackMaxWait <= 0 {
+		o.WritebackMaxWait = time.Minute
+	}
+	if o.WholeFileLimit <= 0 {
+		o.WholeFileLimit = 8 << 20
+	}
+	if o.Host == "" {
+		o.Host, _ = os.Hostname()
+	}
+	c := &Cache{o: o, log: o.Logger, st: o.Store,
+		dataDir: filepath.Join(o.Dir, "data"),
+		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]recentChange{}}
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	db, err := openDB(filepath.Join(o.Dir, "db"), func(f string, a ...any) {
+		c.log.Warn(fmt.Sprintf(f, a...))
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.db = db
+	c.seq, err = db.GetSequence([]byte("seq/data"), 256)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("journal sequence: %w", err)
+	}
+	c.lru = newLRU(c)
+	if err := c.lru.load(); err != nil {
+		c.seq.Release()
+		db.Close()
+		return nil, err
+	}
+	c.up = newUploader(c)
+	n, bytes, err := c.up.replay()
+	if err != nil {
+		c.seq.Release()
+		db.Close()
+		return nil, err
+	}
+	if n > 0 {
+		c.log.Info("resuming pending uploads from the journal", "count", n, "bytes", bytes)
+	}
+	c.up.start()
+	return c, nil
+}
+
+// Drain uploads everything pending, ignoring the write-back delay, until
+// the queue is empty or ctx ends. It returns what is left.
+func (c *Cache) Drain(ctx context.Context) (left int, bytes int64) {
+	return c.up.drain(ctx)
+}
+
+// Close stops the workers and closes the journal. Pending work stays in
+// the journal for the next start.
+func (c *Cache) Close() error {
+	c.up.stop()
+	c.mu.Lock()
+	for _, it := range c.items {
+		it.mu.Lock()
+		if it.f != nil {
+			it.f.Close()
+			it.f = nil
+		}
+		it.mu.Unlock()
+	}
+	c.mu.Unlock()
+	c.seq.Release()
+	return c.db.Close()
+}
+
+// Sync makes the journal durable on disk.
+func (c *Cache) Sync() error { return c.db.Sync() }
+
+// Status is a summary for `mediafs status` and metrics.
+type Status struct {
+	Pending      int
+	PendingBytes int64
+	OldestSince  time.Time
+	CachedBytes  int64
+	CachedFiles  int
+}
+
+// Status scans the journal.
+func (c *Cache) Status() (Status, error) {
+	var s Status
+	err := c.db.View(func(txn *badger.Txn) error {
+		return scanRecords(txn, "", func(_ string, r Record) error {
+			s.Pending++
+			if r.Op == OpPut {
+				s.PendingBytes += r.Size
+			}
+			if s.OldestSince.IsZero() || r.Since.Before(s.OldestSince) {
+				s.OldestSince = r.Since
+			}
+			return nil
+		})
+	})
+	s.CachedBytes, s.CachedFiles = c.lru.usage()
+	return s, err
+}
+
+// StatsRef exposes the counters.
+func (c *Cache) StatsRef() *Stats { return &c.stats }
+
+func (c *Cache) dataPath(id uint64) string {
+	return filepath.Join(c.dataDir, fmt.Sprintf("%016x", id))
+}
+
+func (c *Cache) newDataID() (uint64, error) {
+	id, err := c.seq.Next()
+	if err != nil {
+		return 0, fmt.Errorf("journal sequence: %w", err)
+	}
+	return id + 1, nil // 0 means "no data file"
+}
+
+// update runs fn in a read-write transaction, retrying on conflicts with
+// concurrent transactions on the same keys.
+func (c *Cache) update(fn func(txn *badger.Txn) error) error {
+	for i := 0; ; i++ {
+		err := c.db.Update(fn)
+		if errors.Is(err, badger.ErrConflict) && i < 100 {
+			continue
+		}
+		return err
+	}
+}
+
+func (c *Cache) record(key string) (Record, bool, error) {
+	var r Record
+	var ok bool
+	err := c.db.View(func(txn *badger.Txn) error {
+		var err error
+		r, ok, err = getRecord(txn, key)
+		return err
+	})
+	return r, ok, err
+}
+
+func (c *Cache) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.o.OpTimeout)
+}
+
+// dropData removes a data file no record refers to any more, or marks the
+// open item that holds it so it goes on its last close.
+func (c *Cache) dropData(id uint64) {
+	if id == 0 {
+		return
+	}
+	c.mu.Lock()
+	for _, it := range c.items {
+		if it.id == id {
+			it.dropOnClose = true
+			c.mu.Unlock()
+			return
+		}
+	}
+	c.mu.Unlock()
+	c.lru.forget(id)
+	if err := os.Remove(c.dataPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.log.Warn("removing cache file", "err", err)
+	}
+}
+
+// logSkipped logs a key that cannot be a path, once per key.
+func (c *Cache) logSkipped(key, why string) {
+	if _, loaded := c.skippedOnce.LoadOrStore(key, true); !loaded {
+		c.stats.SkippedKeys.Add(1)
+		c.log.Warn("object key cannot be a path; left out of listings", "key", key, "reason", why)
+	}
+}
+
+// IsDirKey reports whether key names a directory.
+func IsDirKey(key string) bool { return key == "" || strings.HasSuffix(key, "/") }
+
+// Dir is the cache directory.
+func (c *Cache) Dir() string { return c.o.Dir }

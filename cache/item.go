@@ -1,0 +1,523 @@
+package cache
+
+// Cached-file state machine. An Item is the local side of one key while it
+// is open; its state is also in the journal:
+//
+//	remote      the bucket has it, no local copy      (no j/, no c/)
+//	clean       a data file holds the object version  (c/ = {id, etag})
+//	dirty       local changes not uploaded             (j/ put {id, gen})
+//	uploading   a worker is uploading gen g            (j/ put, busy)
+//
+//	remote  --open (small, or for writing)-->  clean (fetched whole)
+//	clean   --open for writing-->               c/ removed first, so a
+//	                                            crash can't pass modified
+//	                                            bytes for the old version
+//	any     --flush/release after a change-->   dirty (gen+1)
+//	dirty   --upload of gen g succeeds-->       clean if gen is still g,
+//	                                            else dirty again (re-queued)
+//	clean   --evicted (not open)-->             remote
+//
+// All handles of one key share the Item's data file: FUSE passthrough binds
+// one backing file per inode, so the file must not change while any handle
+// is open.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mediafs/mediafs/backend"
+)
+
+// Item is the local state of one open key.
+type Item struct {
+	c *Cache
+	// mu guards the fields below.
+	mu          chanMutex
+	key         string // "" once unlinked
+	id          uint64
+	f           *os.File
+	refs        int
+	writers     int
+	attr        Attr
+	base        string // ETag the data was fetched at ("" if new)
+	excl        bool
+	dirtyData   bool // changed since the last journal write
+	dropOnClose bool
+	removed     bool
+}
+
+// Handle is one open file description.
+type Handle struct {
+	c       *Cache
+	it      *Item // nil for a streamed (not locally cached) read
+	write   bool
+	counted bool // counted in it.writers
+	stat0   fileStamp
+	stream  *streamReader
+}
+
+type fileStamp struct {
+	size  int64
+	mtime time.Time
+}
+
+func stamp(f *os.File) fileStamp {
+	fi, err := f.Stat()
+	if err != nil {
+		return fileStamp{size: -1}
+	}
+	return fileStamp{size: fi.Size(), mtime: fi.ModTime()}
+}
+
+// OpenFlags say how a file is opened.
+type OpenFlags struct {
+	Write, Trunc, Create, Excl bool
+	// Attr for a created file.
+	Attr Attr
+}
+
+// Open opens key for reading or writing. e is the entry the file system
+// looked up (ignored with Create).
+func (c *Cache) Open(ctx context.Context, key string, e Entry, fl OpenFlags) (*Handle, error) {
+	c.mu.Lock()
+	it := c.items[key]
+	if it == nil {
+		it = &Item{c: c, key: key, mu: newChanMutex()}
+		c.items[key] = it
+	}
+	it.refs++ // pins the item while it is being filled
+	c.mu.Unlock()
+
+	h, err := c.openItem(ctx, it, e, fl)
+	if err != nil || h.it == nil {
+		c.unref(it)
+	}
+	return h, err
+}
+
+func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (*Handle, error) {
+	if err := it.mu.LockCtx(ctx); err != nil {
+		return nil, err
+	}
+	defer it.mu.Unlock()
+	h := &Handle{c: c, it: it, write: fl.Write}
+	if it.f == nil {
+		stream, err := c.fill(ctx, it, e, fl)
+		if err != nil {
+			return nil, err
+		}
+		if stream != nil {
+			return &Handle{c: c, stream: stream}, nil
+		}
+	}
+	if fl.Write {
+		if it.writers == 0 {
+			// The data file is about to change: it no longer holds any
+			// clean version.
+			if err := c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(it.key)) }); err != nil {
+				return nil, err
+			}
+			c.lru.forget(it.id)
+		}
+		it.writers++
+		h.counted = true
+		if fl.Trunc {
+			if err := it.f.Truncate(0); err != nil {
+				it.writers--
+				return nil, err
+			}
+			it.dirtyData = true
+		}
+		if fl.Excl {
+			it.excl = true
+		}
+	} else {
+		c.stats.CacheHits.Add(1)
+	}
+	h.stat0 = stamp(it.f)
+	c.lru.touch(it.id)
+	return h, nil
+}
+
+// fill gives an item its data file: the pending one, the clean cached one,
+// a new empty one, or the object fetched whole. A large object opened for
+// reading is streamed instead (the returned reader).
+func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) (*streamReader, error) {
+	key := it.key
+	var rec Record
+	var hasRec bool
+	var cl Clean
+	var hasClean bool
+	err := c.db.View(func(txn *badger.Txn) error {
+		var err error
+		if rec, hasRec, err = getRecord(txn, key); err != nil {
+			return err
+		}
+		cl, hasClean, err = getClean(txn, key)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case fl.Create:
+		return nil, c.newData(it, fl.Attr, "", true)
+	case hasRec && rec.Op == OpPut && rec.DataID != 0:
+		f, err := os.OpenFile(c.dataPath(rec.DataID), os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("pending data of %s: %w", key, err)
+		}
+		it.f, it.id, it.attr, it.base, it.excl = f, rec.DataID, rec.Attr, rec.BaseETag, rec.Excl
+		return nil, nil
+	case hasRec && rec.Op == OpCopy:
+		// Renamed or re-attributed, not copied yet: the bytes are at Src.
+		if fl.Trunc {
+			return nil, c.newData(it, rec.Attr, "", false)
+		}
+		src := rec.Src
+		srcE, err := c.Lookup(ctx, src)
+		if err != nil || srcE.Pending {
+			o, serr := c.statRemote(ctx, src)
+			if serr != nil {
+				return nil, serr
+			}
+			srcE = entryFromObject(o, c.o.Defaults)
+		}
+		if err := c.fetchWhole(ctx, it, src, srcE); err != nil {
+			return nil, err
+		}
+		it.attr = rec.Attr
+		if src != key {
+			// The fetched file is not a clean copy of key.
+			c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(key)) })
+		}
+		return nil, nil
+	case hasRec && rec.Op == OpDelete:
+		return nil, ErrNotExist
+	}
+	if hasClean && cl.ETag == e.ETag && cl.Size == e.Size {
+		f, err := os.OpenFile(c.dataPath(cl.DataID), os.O_RDWR, 0)
+		if err == nil {
+			it.f, it.id, it.attr, it.base = f, cl.DataID, e.Attr, e.ETag
+			c.stats.CacheHits.Add(1)
+			return nil, nil
+		}
+	}
+	if hasClean {
+		// A stale version: drop it.
+		c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(key)) })
+		c.dropData(cl.DataID)
+	}
+	c.stats.CacheMisses.Add(1)
+	if fl.Write && fl.Trunc {
+		return nil, c.newData(it, e.Attr, e.ETag, false)
+	}
+	if !fl.Write && e.Size > c.o.WholeFileLimit {
+		return newStreamReader(c, key, e), nil
+	}
+	return nil, c.fetchWhole(ctx, it, key, e)
+}
+
+func (c *Cache) newData(it *Item, a Attr, base string, created bool) error {
+	id, err := c.newDataID()
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(c.dataPath(id), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("cache file: %w", err)
+	}
+	it.f, it.id, it.attr, it.base = f, id, a, base
+	if created {
+		it.dirtyData = true
+	}
+	if !a.Mtime.IsZero() {
+		os.Chtimes(f.Name(), a.Mtime, a.Mtime)
+	}
+	return nil
+}
+
+// fetchWhole downloads object src (version e) into a new data file for it
+// and records it as clean for src.
+func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) error {
+	id, err := c.newDataID()
+	if err != nil {
+		return err
+	}
+	path := c.dataPath(id)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("cache file: %w", err)
+	}
+	octx, cancel := context.WithTimeout(ctx, c.o.OpTimeout+time.Duration(e.Size>>20)*time.Second)
+	defer cancel()
+	r, err := c.st.Get(octx, src, e.ETag, 0, -1)
+	if err == nil {
+		var n int64
+		n, err = io.Copy(f, r)
+		r.Close()
+		if err == nil && n != e.Size && e.Size >= 0 {
+			err = fmt.Errorf("fetch %s: got %d bytes, want %d: %w", src, n, e.Size, backend.ErrUnavailable)
+		}
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if !e.Attr.Mtime.IsZero() {
+		os.Chtimes(path, e.Attr.Mtime, e.Attr.Mtime)
+	}
+	if err := c.update(func(txn *badger.Txn) error {
+		return txn.Set(cKey(src), encode(Clean{V: recordVersion, DataID: id, ETag: e.ETag, Size: e.Size}))
+	}); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	c.lru.add(id, src, e.Size)
+	it.f, it.id, it.attr, it.base = f, id, e.Attr, e.ETag
+	return nil
+}
+
+// unref drops one reference; the last one closes the data file, and
+// removes it if nothing refers to it any more. Caller must not hold it.mu.
+func (c *Cache) unref(it *Item) {
+	c.mu.Lock()
+	it.refs--
+	idle := it.refs == 0
+	if idle && c.items[it.key] == it {
+		delete(c.items, it.key)
+	}
+	c.mu.Unlock()
+	if !idle {
+		return
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.f != nil {
+		it.f.Close()
+		it.f = nil
+	}
+	if it.dropOnClose || it.removed {
+		c.lru.forget(it.id)
+		os.Remove(c.dataPath(it.id))
+	}
+}
+
+// Fd is the data file descriptor for FUSE passthrough; ok is false for a
+// streamed handle.
+func (h *Handle) Fd() (int, bool) {
+	if h.it == nil || h.it.f == nil {
+		return 0, false
+	}
+	return int(h.it.f.Fd()), true
+}
+
+// ReadAt reads through the daemon (no passthrough).
+func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if h.stream != nil {
+		return h.stream.ReadAt(ctx, p, off)
+	}
+	n, err := h.it.f.ReadAt(p, off)
+	if err == io.EOF {
+		err = nil
+	}
+	return n, err
+}
+
+// WriteAt writes through the daemon (no passthrough).
+func (h *Handle) WriteAt(p []byte, off int64) (int, error) {
+	if h.it == nil || !h.write {
+		return 0, syscall.EBADF
+	}
+	n, err := h.it.f.WriteAt(p, off)
+	if n > 0 {
+		h.it.mu.Lock()
+		h.it.dirtyData = true
+		h.it.mu.Unlock()
+	}
+	return n, err
+}
+
+// Truncate changes the size through this handle.
+func (h *Handle) Truncate(size int64) error {
+	if h.it == nil || !h.write {
+		return syscall.EBADF
+	}
+	h.it.mu.Lock()
+	defer h.it.mu.Unlock()
+	h.it.dirtyData = true
+	return h.it.f.Truncate(size)
+}
+
+// Size is the current size of the data.
+func (h *Handle) Size() int64 {
+	if h.stream != nil {
+		return h.stream.e.Size
+	}
+	if fi, err := h.it.f.Stat(); err == nil {
+		return fi.Size()
+	}
+	return 0
+}
+
+// Flush is called on every close(2): if the handle changed the data, the
+// journal record is written (the data then survives a daemon crash) and
+// the upload queued. With UploadOnClose it waits for the upload.
+func (h *Handle) Flush(ctx context.Context) error {
+	if h.it == nil || !h.write {
+		return nil
+	}
+	gen, key, err := h.commit(true)
+	if err != nil {
+		return err
+	}
+	if h.c.o.UploadOnClose && gen > 0 {
+		wctx, cancel := h.c.opCtx(ctx)
+		defer cancel()
+		return h.c.up.waitUploaded(wctx, key, gen)
+	}
+	return nil
+}
+
+// commit journals the item if it changed. It returns the new generation
+// (0 if nothing changed).
+func (h *Handle) commit(flush bool) (uint64, string, error) {
+	it := h.it
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if h.counted && flush {
+		it.writers--
+		h.counted = false
+	}
+	now := stamp(it.f)
+	changed := it.dirtyData || now != h.stat0
+	h.stat0 = now
+	if !changed || it.removed || it.f == nil {
+		return 0, it.key, nil
+	}
+	gen, err := it.c.journalPut(it, now.size, now.mtime)
+	if err != nil {
+		return 0, it.key, err
+	}
+	it.dirtyData = false
+	return gen, it.key, nil
+}
+
+// journalPut writes the put record of an item. Caller holds it.mu.
+func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error) {
+	var gen uint64
+	var oldData uint64
+	a := it.attr
+	a.Mtime = mtime
+	err := c.update(func(txn *badger.Txn) error {
+		old, ok, err := getRecord(txn, it.key)
+		if err != nil {
+			return err
+		}
+		r := Record{Op: OpPut, DataID: it.id, Size: size, Attr: a, BaseETag: it.base, Excl: it.excl, Gen: 1}
+		if ok {
+			r.Gen = old.Gen + 1
+			r.Since = old.Since
+			if old.Op == OpPut && old.DataID != it.id {
+				oldData = old.DataID
+			}
+		}
+		gen = r.Gen
+		return putRecord(txn, it.key, r)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("journal %s: %w", it.key, err)
+	}
+	if oldData != 0 {
+		c.dropData(oldData)
+	}
+	c.up.enqueue(it.key, c.o.WritebackDelay)
+	return gen, nil
+}
+
+// Sync makes the handle's data and journal durable on disk (fsync).
+func (h *Handle) Sync(ctx context.Context) error {
+	if h.it == nil {
+		return nil
+	}
+	gen, key := uint64(0), ""
+	if h.write {
+		var err error
+		if gen, key, err = h.commit(false); err != nil {
+			return err
+		}
+	}
+	if err := h.it.f.Sync(); err != nil {
+		return err
+	}
+	if err := h.c.db.Sync(); err != nil {
+		return err
+	}
+	if h.c.o.UploadOnClose && gen > 0 {
+		wctx, cancel := h.c.opCtx(ctx)
+		defer cancel()
+		return h.c.up.waitUploaded(wctx, key, gen)
+	}
+	return nil
+}
+
+// Release is the last close of the handle.
+func (h *Handle) Release() {
+	if h.stream != nil {
+		h.stream.Close()
+		return
+	}
+	if h.write {
+		if _, _, err := h.commit(true); err != nil {
+			h.c.log.Error("journal on release", "key", h.it.key, "err", err)
+		}
+	}
+	it := h.it
+	it.mu.Lock()
+	key := it.key
+	it.mu.Unlock()
+	h.c.unref(it)
+	if h.write {
+		h.c.up.writerClosed(key)
+	}
+}
+
+// Writable reports whether the handle was opened for writing.
+func (h *Handle) Writable() bool { return h.write && h.it != nil }
+
+// MarkDirty records a change made behind the handle's back (fallocate).
+func (h *Handle) MarkDirty() {
+	if h.it != nil {
+		h.it.mu.Lock()
+		h.it.dirtyData = true
+		h.it.mu.Unlock()
+	}
+}
+
+// Entry describes the open file: attributes from the item, size and mtime
+// from its data file.
+func (h *Handle) Entry() Entry {
+	if h.stream != nil {
+		return h.stream.e
+	}
+	it := h.it
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	e := Entry{Key: it.key, Name: baseName(it.key), Attr: it.attr, ETag: it.base}
+	if it.f != nil {
+		if fi, err := it.f.Stat(); err == nil {
+			e.Size = fi.Size()
+			e.Attr.Mtime = fi.ModTime()
+		}
+	}
+	e.Symlink = it.attr.Mode&syscall.S_IFMT == syscall.S_IFLNK
+	return e
+}

@@ -1,0 +1,179 @@
+package cache
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+func isLockErr(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "Cannot acquire directory lock")
+}
+
+// lru tracks clean data files (c/ records) and evicts the least recently
+// used ones when they exceed Options.CacheSize. Dirty data is never in it.
+type lru struct {
+	c     *Cache
+	mu    sync.Mutex
+	files map[uint64]*lruFile
+	total int64
+}
+
+type lruFile struct {
+	key  string
+	size int64
+	used time.Time
+}
+
+func newLRU(c *Cache) *lru { return &lru{c: c, files: map[uint64]*lruFile{}} }
+
+// load reads the clean index at start-up and removes data files that no
+// record refers to (left by a crash between writing a file and its record).
+func (l *lru) load() error {
+	live := map[uint64]bool{}
+	err := l.c.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			k := string(item.Key())
+			switch {
+			case strings.HasPrefix(k, "c/"):
+				var cl Clean
+				if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &cl) }); err != nil {
+					return err
+				}
+				live[cl.DataID] = true
+				l.files[cl.DataID] = &lruFile{key: k[2:], size: cl.Size, used: time.Now()}
+				l.total += cl.Size
+			case strings.HasPrefix(k, "j/"):
+				var r Record
+				if err := item.Value(func(v []byte) error {
+					var derr error
+					r, derr = decodeRecord(v)
+					return derr
+				}); err != nil {
+					return fmt.Errorf("%s: %w", k, err)
+				}
+				live[r.DataID] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reading cache index: %w", err)
+	}
+	ents, err := os.ReadDir(l.c.dataDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		var id uint64
+		if _, err := fmt.Sscanf(e.Name(), "%016x", &id); err != nil || len(e.Name()) != 16 {
+			os.Remove(l.c.dataDir + "/" + e.Name())
+			continue
+		}
+		if !live[id] {
+			os.Remove(l.c.dataPath(id))
+		}
+	}
+	return nil
+}
+
+func (l *lru) add(id uint64, key string, size int64) {
+	l.mu.Lock()
+	if f, ok := l.files[id]; ok {
+		l.total -= f.size
+	}
+	l.files[id] = &lruFile{key: key, size: size, used: time.Now()}
+	l.total += size
+	l.mu.Unlock()
+	l.evict()
+}
+
+func (l *lru) touch(id uint64) {
+	l.mu.Lock()
+	if f, ok := l.files[id]; ok {
+		f.used = time.Now()
+	}
+	l.mu.Unlock()
+}
+
+func (l *lru) forget(id uint64) {
+	l.mu.Lock()
+	if f, ok := l.files[id]; ok {
+		l.total -= f.size
+		delete(l.files, id)
+	}
+	l.mu.Unlock()
+}
+
+func (l *lru) usage() (int64, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total, len(l.files)
+}
+
+// evict removes least recently used clean files until under the cap. Files
+// held open are skipped; their c/ record is dropped only if it still names
+// the file.
+func (l *lru) evict() {
+	limit := l.c.o.CacheSize
+	if limit <= 0 {
+		return
+	}
+	for {
+		l.mu.Lock()
+		if l.total <= limit {
+			l.mu.Unlock()
+			return
+		}
+		var victim uint64
+		var vf *lruFile
+		for id, f := range l.files {
+			if l.c.isOpen(id) {
+				continue
+			}
+			if vf == nil || f.used.Before(vf.used) {
+				victim, vf = id, f
+			}
+		}
+		if vf == nil {
+			l.mu.Unlock()
+			return
+		}
+		delete(l.files, victim)
+		l.total -= vf.size
+		l.mu.Unlock()
+		err := l.c.update(func(txn *badger.Txn) error {
+			cl, ok, err := getClean(txn, vf.key)
+			if err != nil || !ok || cl.DataID != victim {
+				return err
+			}
+			return txn.Delete(cKey(vf.key))
+		})
+		if err != nil {
+			l.c.log.Warn("evicting cache file", "err", err)
+			continue
+		}
+		os.Remove(l.c.dataPath(victim))
+		l.c.stats.Evictions.Add(1)
+	}
+}
+
+func (c *Cache) isOpen(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, it := range c.items {
+		if it.id == id {
+			return true
+		}
+	}
+	return false
+}

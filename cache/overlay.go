@@ -1,0 +1,411 @@
+package cache
+
+// The namespace overlay: what a directory holds is the bucket's listing
+// (cached for DirTTL), corrected by changes this mount completed recently
+// (so a listing fetched just before an upload finished cannot hide it) and
+// by the journal (pending creates, renames and deletes).
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mediafs/mediafs/backend"
+)
+
+// ErrNotExist is returned for names that do not exist.
+var ErrNotExist = os.ErrNotExist
+
+type dirListing struct {
+	started time.Time
+	fetched time.Time
+	entries map[string]Entry
+	self    *Entry // the dir's own marker object, when listed
+	done    chan struct{}
+	err     error
+}
+
+type recentChange struct {
+	at    time.Time
+	entry *Entry // nil: deleted
+}
+
+// validName reports why a key segment cannot be a file name, or "".
+func validName(seg string) string {
+	switch {
+	case seg == "":
+		return "empty path segment"
+	case seg == "." || seg == "..":
+		return "dot segment"
+	case len(seg) > 255:
+		return "segment longer than 255 bytes"
+	case strings.IndexByte(seg, 0) >= 0:
+		return "NUL byte"
+	case !utf8.ValidString(seg):
+		return "invalid UTF-8"
+	}
+	return ""
+}
+
+// listing returns the bucket's view of dirKey, fetching it when older than
+// the TTL. Concurrent callers share one LIST.
+func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error) {
+	c.mu.Lock()
+	l := c.dirs[dirKey]
+	if l != nil {
+		select {
+		case <-l.done:
+			if l.err == nil && time.Since(l.fetched) < c.o.DirTTL {
+				c.mu.Unlock()
+				return l, nil
+			}
+		default:
+			c.mu.Unlock()
+			select {
+			case <-l.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if l.err != nil {
+				return nil, l.err
+			}
+			return l, nil
+		}
+	}
+	l = &dirListing{started: time.Now(), done: make(chan struct{})}
+	c.dirs[dirKey] = l
+	c.mu.Unlock()
+
+	octx, cancel := c.opCtx(ctx)
+	res, err := c.st.List(octx, dirKey)
+	cancel()
+	if err != nil {
+		l.err = err
+		c.mu.Lock()
+		if c.dirs[dirKey] == l {
+			delete(c.dirs, dirKey)
+		}
+		c.mu.Unlock()
+		close(l.done)
+		return nil, err
+	}
+	l.entries = make(map[string]Entry, len(res.Objects)+len(res.Prefixes))
+	for _, o := range res.Objects {
+		if o.Key == dirKey {
+			e := entryFromObject(o, c.o.Defaults)
+			l.self = &e
+			continue
+		}
+		name := strings.TrimSuffix(o.Key[len(dirKey):], "/")
+		if why := validName(name); why != "" || strings.Contains(name, "/") {
+			if why == "" {
+				why = "empty path segment"
+			}
+			c.logSkipped(o.Key, why)
+			continue
+		}
+		if len(o.Key) > 1024 {
+			c.logSkipped(o.Key, "key longer than 1024 bytes")
+			continue
+		}
+		e := entryFromObject(o, c.o.Defaults)
+		if old, ok := l.entries[name]; ok && old.Dir {
+			continue // the directory wins over a file of the same name
+		}
+		l.entries[name] = e
+	}
+	for _, p := range res.Prefixes {
+		name := strings.TrimSuffix(p[len(dirKey):], "/")
+		if why := validName(name); why != "" {
+			c.logSkipped(p, why)
+			continue
+		}
+		e := dirEntry(p, c.o.Defaults)
+		if old, ok := l.entries[name]; ok && old.Dir {
+			e = old
+		}
+		l.entries[name] = e
+	}
+	// A marker object "name/" listed as an object carries the dir's attrs.
+	l.fetched = time.Now()
+	close(l.done)
+	return l, nil
+}
+
+// noteRemote records a change this mount made in the bucket, so listings
+// fetched before it became visible do not hide it.
+func (c *Cache) noteRemote(key string, e *Entry) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recent[key] = recentChange{at: now, entry: e}
+	if l := c.dirs[parentDir(key)]; l != nil {
+		select {
+		case <-l.done:
+			if l.err == nil {
+				name := baseName(key)
+				cp := make(map[string]Entry, len(l.entries)+1)
+				for k, v := range l.entries {
+					cp[k] = v
+				}
+				if e != nil {
+					if !(cp[name].Dir && !e.Dir) {
+						cp[name] = *e
+					}
+				} else if old, ok := cp[name]; ok && old.Dir == IsDirKey(key) {
+					delete(cp, name)
+				}
+				l.entries = cp
+			}
+		default:
+		}
+	}
+	if len(c.recent) > 4096 {
+		for k, r := range c.recent {
+			if now.Sub(r.at) > c.o.DirTTL+10*time.Second {
+				delete(c.recent, k)
+			}
+		}
+	}
+}
+
+// InvalidateDir drops the cached listing of dirKey.
+func (c *Cache) InvalidateDir(dirKey string) {
+	c.mu.Lock()
+	delete(c.dirs, dirKey)
+	c.mu.Unlock()
+}
+
+// applyRecent corrects a listing fetched before this mount's own changes
+// in that directory were visible.
+func (c *Cache) applyRecent(dirKey string, l *dirListing, out map[string]Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, r := range c.recent {
+		if parentDir(k) != dirKey || k == dirKey {
+			continue
+		}
+		if l.started.After(r.at.Add(2 * time.Second)) {
+			continue // the listing is newer than the change: trust it
+		}
+		name := baseName(k)
+		if r.entry != nil {
+			if !(out[name].Dir && !r.entry.Dir) {
+				out[name] = *r.entry
+			}
+		} else if old, ok := out[name]; ok && old.Dir == IsDirKey(k) {
+			delete(out, name)
+		}
+	}
+}
+
+// List returns the entries of directory dirKey ("" is the root).
+func (c *Cache) List(ctx context.Context, dirKey string) ([]Entry, error) {
+	l, err := c.listing(ctx, dirKey)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Entry, len(l.entries))
+	for k, v := range l.entries {
+		out[k] = v
+	}
+	c.applyRecent(dirKey, l, out)
+	err = c.db.View(func(txn *badger.Txn) error {
+		return scanRecords(txn, dirKey, func(k string, r Record) error {
+			rel := k[len(dirKey):]
+			if rel == "" {
+				return nil
+			}
+			seg, rest, nested := strings.Cut(rel, "/")
+			if nested && rest != "" {
+				// Something pending deeper down: seg is a directory.
+				if r.Op != OpDelete {
+					if old, ok := out[seg]; !ok || !old.Dir {
+						out[seg] = dirEntry(dirKey+seg+"/", c.o.Defaults)
+					}
+				}
+				return nil
+			}
+			if r.Op == OpDelete {
+				if old, ok := out[seg]; ok && old.Dir == nested {
+					delete(out, seg)
+				}
+				return nil
+			}
+			e := c.entryFromRecord(k, r)
+			if old, ok := out[seg]; ok && old.Dir && !e.Dir {
+				return nil
+			}
+			out[seg] = e
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	res := make([]Entry, 0, len(out))
+	for _, e := range out {
+		res = append(res, c.withOpenSize(e))
+	}
+	return res, nil
+}
+
+func (c *Cache) entryFromRecord(key string, r Record) Entry {
+	e := Entry{Key: key, Name: baseName(key), Dir: IsDirKey(key), Size: r.Size, Attr: r.Attr,
+		Pending: true, Symlink: r.Symlink}
+	if r.Op == OpCopy {
+		e.Size = r.SrcSize
+	}
+	if e.Dir {
+		e.Size = 0
+	}
+	return e
+}
+
+// withOpenSize reports the live size and mtime of a file open here.
+func (c *Cache) withOpenSize(e Entry) Entry {
+	if e.Dir {
+		return e
+	}
+	c.mu.Lock()
+	it := c.items[e.Key]
+	c.mu.Unlock()
+	if it == nil {
+		return e
+	}
+	if !it.mu.TryLock() {
+		return e // being filled or changed: the journal's view will do
+	}
+	defer it.mu.Unlock()
+	if it.f == nil || (!it.dirtyData && it.writers == 0) {
+		return e
+	}
+	if fi, err := it.f.Stat(); err == nil {
+		e.Size = fi.Size()
+		e.Attr.Mtime = fi.ModTime()
+		e.Attr.Mode, e.Attr.UID, e.Attr.GID = it.attr.Mode, it.attr.UID, it.attr.GID
+		e.Pending = true
+	}
+	return e
+}
+
+// Lookup returns the entry for key (a file key without trailing slash;
+// a directory is found under key+"/").
+func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
+	if key == "" {
+		return dirEntry("", c.o.Defaults), nil
+	}
+	var rec, dirRec Record
+	var hasRec, hasDirRec, pendingBelow bool
+	err := c.db.View(func(txn *badger.Txn) error {
+		var err error
+		if rec, hasRec, err = getRecord(txn, key); err != nil {
+			return err
+		}
+		if dirRec, hasDirRec, err = getRecord(txn, key+"/"); err != nil {
+			return err
+		}
+		return scanRecords(txn, key+"/", func(_ string, r Record) error {
+			if r.Op != OpDelete {
+				pendingBelow = true
+				return errStop
+			}
+			return nil
+		})
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return Entry{}, err
+	}
+	if hasDirRec && dirRec.Op != OpDelete {
+		return c.entryFromRecord(key+"/", dirRec), nil
+	}
+	if pendingBelow {
+		return dirEntry(key+"/", c.o.Defaults), nil
+	}
+	if hasRec && rec.Op != OpDelete {
+		return c.withOpenSize(c.entryFromRecord(key, rec)), nil
+	}
+	// The bucket, through the parent's listing.
+	dirKey := parentDir(key)
+	l, err := c.listing(ctx, dirKey)
+	if err != nil {
+		return Entry{}, err
+	}
+	name := baseName(key)
+	one := map[string]Entry{}
+	if e, ok := l.entries[name]; ok {
+		one[name] = e
+	}
+	c.applyRecent(dirKey, l, one)
+	e, ok := one[name]
+	if !ok {
+		return Entry{}, ErrNotExist
+	}
+	if e.Dir && hasDirRec {
+		return Entry{}, ErrNotExist // pending rmdir
+	}
+	if !e.Dir && hasRec {
+		return Entry{}, ErrNotExist // pending delete
+	}
+	if e.Dir {
+		// Attributes of a directory come from its marker when we have
+		// listed the directory itself.
+		c.mu.Lock()
+		if dl := c.dirs[e.Key]; dl != nil && dl.self != nil {
+			select {
+			case <-dl.done:
+				e.Attr = dl.self.Attr
+			default:
+			}
+		}
+		c.mu.Unlock()
+	}
+	return c.withOpenSize(e), nil
+}
+
+var errStop = errors.New("stop")
+
+// DirAttr returns the attributes of directory dirKey from its marker, if
+// it was listed; ok is false otherwise.
+func (c *Cache) DirAttr(dirKey string) (Attr, bool) {
+	if r, ok, err := c.record(dirKey); err == nil && ok && r.Op == OpPut {
+		return r.Attr, true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if dl := c.dirs[dirKey]; dl != nil && dl.self != nil {
+		select {
+		case <-dl.done:
+			return dl.self.Attr, true
+		default:
+		}
+	}
+	return Attr{}, false
+}
+
+// ErrNameTooLong is returned for names that cannot be keys.
+var ErrNameTooLong = syscall.ENAMETOOLONG
+
+// CheckName validates a name the app asked for: ENAMETOOLONG or EINVAL.
+func CheckName(name, key string) error {
+	if len(name) > 255 || len(key) > 1024 {
+		return syscall.ENAMETOOLONG
+	}
+	if why := validName(name); why != "" {
+		return syscall.EINVAL
+	}
+	return nil
+}
+
+// statRemote is a HEAD, for when only the object itself is needed.
+func (c *Cache) statRemote(ctx context.Context, key string) (backend.Object, error) {
+	octx, cancel := c.opCtx(ctx)
+	defer cancel()
+	return c.st.Stat(octx, key)
+}

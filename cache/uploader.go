@@ -1,0 +1,484 @@
+package cache
+
+// The uploader applies journal records to the bucket. A queue holds keys
+// with the time they become due (close + write-back delay, or a retry
+// backoff); a pool of workers takes due keys, one worker per key at a time.
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mediafs/mediafs/backend"
+)
+
+type uploader struct {
+	c *Cache
+
+	mu       sync.Mutex
+	q        dueHeap
+	due      map[string]time.Time // latest due time per queued key
+	busy     map[string]bool
+	fails    map[string]int
+	waiters  map[string][]chan struct{}
+	draining bool
+	wake     chan struct{}
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type dueItem struct {
+	key string
+	at  time.Time
+}
+
+type dueHeap []dueItem
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+func newUploader(c *Cache) *uploader {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &uploader{c: c, due: map[string]time.Time{}, busy: map[string]bool{},
+		fails: map[string]int{}, waiters: map[string][]chan struct{}{},
+		wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+}
+
+// replay queues every journal record at start-up.
+func (u *uploader) replay() (int, int64, error) {
+	var n int
+	var bytes int64
+	err := u.c.db.View(func(txn *badger.Txn) error {
+		return scanRecords(txn, "", func(k string, r Record) error {
+			n++
+			if r.Op == OpPut {
+				bytes += r.Size
+			}
+			u.enqueue(k, 0)
+			return nil
+		})
+	})
+	return n, bytes, err
+}
+
+func (u *uploader) start() {
+	for i := 0; i < u.c.o.UploadConcurrency; i++ {
+		u.wg.Add(1)
+		go func() {
+			defer u.wg.Done()
+			u.worker()
+		}()
+	}
+}
+
+func (u *uploader) stop() {
+	u.cancel()
+	u.wg.Wait()
+}
+
+// enqueue makes key due after delay (an earlier due time wins).
+func (u *uploader) enqueue(key string, delay time.Duration) {
+	at := time.Now().Add(delay)
+	u.mu.Lock()
+	if old, ok := u.due[key]; !ok || at.Before(old) || delay > 0 {
+		// A new change restarts the write-back delay, so rewrites coalesce.
+		u.due[key] = at
+		heap.Push(&u.q, dueItem{key, at})
+	}
+	u.mu.Unlock()
+	u.kick()
+}
+
+func (u *uploader) enqueuePrefix(prefix string) {
+	u.c.db.View(func(txn *badger.Txn) error {
+		return scanRecords(txn, prefix, func(k string, _ Record) error {
+			u.enqueue(k, u.c.o.WritebackDelay)
+			return nil
+		})
+	})
+}
+
+func (u *uploader) kick() {
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writerClosed: the last writer of key went away; upload it when due.
+func (u *uploader) writerClosed(key string) {
+	if key == "" {
+		return
+	}
+	u.mu.Lock()
+	_, queued := u.due[key]
+	u.mu.Unlock()
+	if !queued {
+		if _, ok, _ := u.c.record(key); ok {
+			u.enqueue(key, u.c.o.WritebackDelay)
+		}
+	}
+	u.kick()
+}
+
+// next blocks until a key is due and free, and claims it.
+func (u *uploader) next() (string, bool) {
+	for {
+		u.mu.Lock()
+		now := time.Now()
+		var wait time.Duration = time.Second
+		for u.q.Len() > 0 {
+			top := u.q[0]
+			cur, ok := u.due[top.key]
+			if !ok || !cur.Equal(top.at) {
+				heap.Pop(&u.q) // superseded
+				continue
+			}
+			if top.at.After(now) && !u.draining {
+				wait = top.at.Sub(now)
+				break
+			}
+			if u.busy[top.key] {
+				// Someone is uploading it; look again shortly.
+				heap.Pop(&u.q)
+				at := now.Add(200 * time.Millisecond)
+				u.due[top.key] = at
+				heap.Push(&u.q, dueItem{top.key, at})
+				continue
+			}
+			heap.Pop(&u.q)
+			delete(u.due, top.key)
+			u.busy[top.key] = true
+			u.mu.Unlock()
+			return top.key, true
+		}
+		u.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-u.ctx.Done():
+			t.Stop()
+			return "", false
+		case <-u.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (u *uploader) worker() {
+	for {
+		key, ok := u.next()
+		if !ok {
+			return
+		}
+		retry, err := u.process(key)
+		u.mu.Lock()
+		delete(u.busy, key)
+		if err != nil {
+			u.fails[key]++
+			n := u.fails[key]
+			u.mu.Unlock()
+			if n == 1 || n%20 == 0 {
+				u.c.log.Warn("upload failed; will retry", "key", key, "attempt", n, "err", err)
+			}
+			u.c.stats.UploadFailures.Add(1)
+			u.enqueue(key, backoff(n))
+		} else {
+			delete(u.fails, key)
+			u.mu.Unlock()
+			if retry > 0 {
+				u.enqueue(key, retry)
+			}
+		}
+		u.notify(key)
+		u.kick()
+	}
+}
+
+func backoff(n int) time.Duration {
+	d := 100 * time.Millisecond << min(n, 9)
+	if d > 30*time.Second {
+		d = 30 * time.Second
+	}
+	return d
+}
+
+func (u *uploader) notify(key string) {
+	u.mu.Lock()
+	ws := u.waiters[key]
+	delete(u.waiters, key)
+	u.mu.Unlock()
+	for _, w := range ws {
+		close(w)
+	}
+}
+
+// waitUploaded returns once gen (or a later one) of key is in the bucket.
+func (u *uploader) waitUploaded(ctx context.Context, key string, gen uint64) error {
+	u.enqueue(key, 0) // close-synchronous: no write-back delay
+	for {
+		w := make(chan struct{})
+		u.mu.Lock()
+		u.waiters[key] = append(u.waiters[key], w)
+		u.mu.Unlock()
+		r, ok, err := u.c.record(key)
+		if err != nil {
+			return err
+		}
+		if !ok || r.Gen > gen && r.Uploaded {
+			return nil
+		}
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return fmt.Errorf("upload of %s not finished: %w", key, backend.ErrUnavailable)
+		}
+	}
+}
+
+// drain uploads everything now, until done or ctx ends.
+func (u *uploader) drain(ctx context.Context) (int, int64) {
+	u.mu.Lock()
+	u.draining = true
+	u.mu.Unlock()
+	u.kick()
+	defer func() {
+		u.mu.Lock()
+		u.draining = false
+		u.mu.Unlock()
+	}()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, _ := u.c.Status()
+		if st.Pending == 0 {
+			return 0, 0
+		}
+		select {
+		case <-ctx.Done():
+			return st.Pending, st.PendingBytes
+		case <-t.C:
+			u.kick()
+		}
+	}
+}
+
+// process applies the record of key. retry > 0 asks to look again later
+// without counting a failure.
+func (u *uploader) process(key string) (retry time.Duration, err error) {
+	c := u.c
+	r, ok, err := c.record(key)
+	if err != nil || !ok {
+		return 0, err
+	}
+	ctx := u.ctx
+	switch r.Op {
+	case OpPut:
+		return u.put(ctx, key, r)
+	case OpCopy:
+		return u.copy(ctx, key, r)
+	case OpDelete:
+		if r.After != "" {
+			if a, ok, err := c.record(r.After); err != nil {
+				return 0, err
+			} else if ok && a.Op == OpCopy && a.Src == key {
+				return time.Second, nil // the copy first
+			}
+		}
+		if err := c.st.Delete(ctx, key); err != nil {
+			return 0, err
+		}
+		c.stats.Deletes.Add(1)
+		done, err := u.finish(key, r, nil)
+		if done {
+			c.noteRemote(key, nil)
+		}
+		return 0, err
+	}
+	return 0, fmt.Errorf("journal %s: unknown op %q", key, r.Op)
+}
+
+func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration, error) {
+	c := u.c
+	var body io.ReaderAt = emptyReader{}
+	size := int64(0)
+	a := r.Attr
+	var snapshot string
+	if r.DataID != 0 {
+		c.mu.Lock()
+		it := c.items[key]
+		c.mu.Unlock()
+		path := c.dataPath(r.DataID)
+		if it != nil {
+			it.mu.Lock()
+			writers := it.writers
+			it.mu.Unlock()
+			if writers > 0 {
+				if wait := c.o.WritebackMaxWait - time.Since(r.Since); wait > 0 {
+					// Uploaded when the writer closes, or from a
+					// snapshot once it has been open too long.
+					return wait, nil
+				}
+				// Held open too long: upload what is there now.
+				snap, err := u.snapshot(path)
+				if err != nil {
+					return 0, err
+				}
+				snapshot, path = snap, snap
+				defer os.Remove(snap)
+			}
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				c.log.Error("pending data file is missing; dropping the upload", "key", key)
+				_, err = u.finish(key, r, nil)
+			}
+			return 0, err
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return 0, err
+		}
+		body, size = f, fi.Size()
+		a.Mtime = fi.ModTime()
+	}
+	obj, err := c.st.Put(ctx, key, body, size, backend.PutOptions{
+		ContentType: contentType(key, r.Symlink),
+		Metadata:    metaFromAttr(a),
+	})
+	if err != nil {
+		return 0, err
+	}
+	c.stats.Uploads.Add(1)
+	c.stats.UploadBytes.Add(size)
+	if snapshot != "" {
+		// The file is still open: keep the record, look again later.
+		c.update(func(txn *badger.Txn) error {
+			cur, ok, err := getRecord(txn, key)
+			if err != nil || !ok {
+				return err
+			}
+			cur.Uploaded = true
+			cur.Since = time.Now()
+			return putRecord(txn, key, cur)
+		})
+		return c.o.WritebackMaxWait, nil
+	}
+	e := Entry{Key: key, Name: baseName(key), Dir: IsDirKey(key), Size: size, Attr: a, ETag: obj.ETag, Symlink: r.Symlink}
+	done, err := u.finish(key, r, &Clean{V: recordVersion, DataID: r.DataID, ETag: obj.ETag, Size: size})
+	if done {
+		c.noteRemote(key, &e)
+	}
+	return 0, err
+}
+
+func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duration, error) {
+	c := u.c
+	_, err := c.st.Copy(ctx, r.Src, key, r.SrcSize, backend.PutOptions{
+		ContentType: contentType(key, r.Symlink),
+		Metadata:    metaFromAttr(r.Attr),
+	})
+	if errors.Is(err, backend.ErrNotFound) {
+		c.log.Error("copy source vanished from the bucket; rename or attribute change dropped", "key", key, "src", r.Src)
+		_, ferr := u.finish(key, r, nil)
+		return 0, ferr
+	}
+	if err != nil {
+		return 0, err
+	}
+	c.stats.Copies.Add(1)
+	done, err := u.finish(key, r, nil)
+	if done {
+		c.InvalidateDir(parentDir(key))
+		if r.Src != key {
+			u.enqueue(r.Src, 0) // its delete was waiting for this copy
+		}
+	}
+	return 0, err
+}
+
+// finish removes the record if it is still the generation just applied,
+// recording the clean data file when there is one.
+func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
+	c := u.c
+	done := false
+	var drop uint64
+	err := c.update(func(txn *badger.Txn) error {
+		done, drop = false, 0
+		cur, ok, err := getRecord(txn, key)
+		if err != nil || !ok {
+			return err
+		}
+		if cur.Gen != r.Gen {
+			cur.Uploaded = true
+			return putRecord(txn, key, cur)
+		}
+		done = true
+		if err := txn.Delete(jKey(key)); err != nil {
+			return err
+		}
+		if clean != nil && clean.DataID != 0 {
+			if old, ok, err := getClean(txn, key); err == nil && ok && old.DataID != clean.DataID {
+				drop = old.DataID
+			}
+			return txn.Set(cKey(key), encode(*clean))
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	c.dropData(drop)
+	if done && clean != nil && clean.DataID != 0 {
+		c.lru.add(clean.DataID, key, clean.Size)
+	} else if !done {
+		u.enqueue(key, c.o.WritebackDelay)
+	}
+	return done, nil
+}
+
+func (u *uploader) snapshot(src string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(path.Dir(src), "snap-")
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(out.Name())
+		return "", err
+	}
+	fi, _ := in.Stat()
+	out.Close()
+	os.Chtimes(out.Name(), fi.ModTime(), fi.ModTime())
+	return out.Name(), nil
+}
+
+type emptyReader struct{}
+
+func (emptyReader) ReadAt(p []byte, off int64) (int, error) { return 0, io.EOF }
+

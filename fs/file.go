@@ -1,0 +1,220 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/mediafs/mediafs/cache"
+)
+
+// fileNode is a regular file: one object.
+type fileNode struct{ node }
+
+var (
+	_ = (gofs.NodeGetattrer)((*fileNode)(nil))
+	_ = (gofs.NodeSetattrer)((*fileNode)(nil))
+	_ = (gofs.NodeOpener)((*fileNode)(nil))
+)
+
+// linkNode is a symlink: an object whose body is the target and whose
+// mode has S_IFLNK, as s3fs stores them.
+type linkNode struct{ fileNode }
+
+var _ = (gofs.NodeReadlinker)((*linkNode)(nil))
+
+// Getattr implements gofs.NodeGetattrer.
+func (f *fileNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if h, ok := fh.(*fileHandle); ok {
+		return h.Getattr(ctx, out)
+	}
+	e, err := f.entry(ctx, false)
+	if err != nil {
+		return toErrno(err)
+	}
+	fillAttr(e, &out.Attr)
+	return 0
+}
+
+func attrChange(in *fuse.SetAttrIn) (cache.AttrChange, bool) {
+	var ch cache.AttrChange
+	any := false
+	if m, ok := in.GetMode(); ok {
+		ch.Mode, any = &m, true
+	}
+	if u, ok := in.GetUID(); ok {
+		ch.UID, any = &u, true
+	}
+	if g, ok := in.GetGID(); ok {
+		ch.GID, any = &g, true
+	}
+	if t, ok := in.GetMTime(); ok {
+		ch.Mtime, any = &t, true
+	}
+	if t, ok := in.GetATime(); ok {
+		ch.Atime = &t
+		if ch.Mtime == nil {
+			// atime alone is not stored (objects have no atime), but
+			// touch -a must still succeed.
+			any = any || false
+		}
+	}
+	return ch, any
+}
+
+// Setattr implements gofs.NodeSetattrer: truncate, chmod, chown, utimens.
+func (f *fileNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	key := f.fileKey()
+	c := f.fsys.c
+	if size, ok := in.GetSize(); ok {
+		if h, ok := fh.(*fileHandle); ok && h.h.Writable() {
+			if err := h.h.Truncate(int64(size)); err != nil {
+				return toErrno(err)
+			}
+		} else {
+			e, err := c.Lookup(ctx, key)
+			if err != nil {
+				return toErrno(err)
+			}
+			h, err := c.Open(ctx, key, e, cache.OpenFlags{Write: true, Trunc: size == 0})
+			if err != nil {
+				return toErrno(err)
+			}
+			err = h.Truncate(int64(size))
+			if err == nil {
+				err = h.Flush(ctx)
+			}
+			h.Release()
+			if err != nil {
+				return toErrno(err)
+			}
+		}
+	}
+	if ch, ok := attrChange(in); ok {
+		e, err := c.Lookup(ctx, key)
+		if err != nil {
+			return toErrno(err)
+		}
+		if _, err := c.SetAttr(ctx, key, e, ch); err != nil {
+			return toErrno(err)
+		}
+	}
+	return f.Getattr(ctx, fh, out)
+}
+
+// Open implements gofs.NodeOpener.
+func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	key := f.fileKey()
+	e, err := f.fsys.c.Lookup(ctx, key)
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	if e.Dir {
+		return nil, 0, syscall.EISDIR
+	}
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	h, err := f.fsys.c.Open(ctx, key, e, cache.OpenFlags{Write: write, Trunc: write && flags&syscall.O_TRUNC != 0})
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	return f.fsys.newHandle(h), 0, 0
+}
+
+// Readlink implements gofs.NodeReadlinker.
+func (l *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	key := l.fileKey()
+	e, err := l.fsys.c.Lookup(ctx, key)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	t, err := l.fsys.c.Readlink(ctx, key, e)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return []byte(t), 0
+}
+
+// fileHandle is an open file.
+type fileHandle struct {
+	fsys *FS
+	h    *cache.Handle
+}
+
+var (
+	_ = (gofs.FileReader)((*fileHandle)(nil))
+	_ = (gofs.FileWriter)((*fileHandle)(nil))
+	_ = (gofs.FileFlusher)((*fileHandle)(nil))
+	_ = (gofs.FileReleaser)((*fileHandle)(nil))
+	_ = (gofs.FileFsyncer)((*fileHandle)(nil))
+	_ = (gofs.FileGetattrer)((*fileHandle)(nil))
+	_ = (gofs.FileAllocater)((*fileHandle)(nil))
+	_ = (gofs.FilePassthroughFder)((*fileHandle)(nil))
+)
+
+func (f *FS) newHandle(h *cache.Handle) *fileHandle { return &fileHandle{fsys: f, h: h} }
+
+// PassthroughFd implements gofs.FilePassthroughFder: a handle whose data
+// is whole in its cache file is served by the kernel directly.
+func (fh *fileHandle) PassthroughFd() (int, bool) {
+	if !fh.fsys.passthrough.Load() {
+		return 0, false
+	}
+	return fh.h.Fd()
+}
+
+// Read implements gofs.FileReader.
+func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := fh.h.ReadAt(ctx, dest, off)
+	if err != nil && n == 0 {
+		return nil, toErrno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// Write implements gofs.FileWriter.
+func (fh *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := fh.h.WriteAt(data, off)
+	return uint32(n), toErrno(err)
+}
+
+// Flush implements gofs.FileFlusher; it runs on every close(2).
+func (fh *fileHandle) Flush(ctx context.Context) syscall.Errno {
+	return toErrno(fh.h.Flush(ctx))
+}
+
+// Release implements gofs.FileReleaser.
+func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
+	fh.h.Release()
+	return 0
+}
+
+// Fsync implements gofs.FileFsyncer: data and journal durable on disk.
+func (fh *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return toErrno(fh.h.Sync(ctx))
+}
+
+// Getattr implements gofs.FileGetattrer: an open file answers from its
+// handle, so fstat works even after the name was unlinked.
+func (fh *fileHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	e := fh.h.Entry()
+	fillAttr(e, &out.Attr)
+	return 0
+}
+
+// Allocate implements gofs.FileAllocater (fallocate).
+func (fh *fileHandle) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	fd, ok := fh.h.Fd()
+	if !ok || !fh.h.Writable() {
+		return syscall.EBADF
+	}
+	if err := syscall.Fallocate(fd, mode, int64(off), int64(size)); err != nil {
+		return toErrno(err)
+	}
+	fh.h.MarkDirty()
+	return 0
+}
+
+var _ = time.Now

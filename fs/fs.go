@@ -1,0 +1,211 @@
+package fs
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/mediafs/mediafs/cache"
+)
+
+// Options configure the file system.
+type Options struct {
+	Cache  *cache.Cache
+	Logger *slog.Logger
+	// EntryTimeout and AttrTimeout bound how long the kernel trusts a name
+	// or attributes; NegativeTimeout how long it trusts "no such file".
+	// Another machine may change the bucket at any time, so keep them
+	// short.
+	EntryTimeout, AttrTimeout, NegativeTimeout time.Duration
+	// AllowOther lets other users than the mounting one use the mount.
+	AllowOther bool
+	// Debug logs every FUSE request.
+	Debug bool
+	// FsName is shown in /proc/mounts (the bucket).
+	FsName string
+	// DisablePassthrough serves all reads and writes through the daemon.
+	DisablePassthrough bool
+}
+
+// FS is one mounted file system.
+type FS struct {
+	o           Options
+	c           *cache.Cache
+	log         *slog.Logger
+	passthrough atomic.Bool
+	server      *fuse.Server
+}
+
+// New returns the file system; Mount serves it.
+func New(o Options) *FS {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.EntryTimeout == 0 {
+		o.EntryTimeout = time.Second
+	}
+	if o.AttrTimeout == 0 {
+		o.AttrTimeout = time.Second
+	}
+	if o.NegativeTimeout == 0 {
+		o.NegativeTimeout = 500 * time.Millisecond
+	}
+	return &FS{o: o, c: o.Cache, log: o.Logger}
+}
+
+// Mount mounts the file system on dir and starts serving it.
+func (f *FS) Mount(dir string) (*fuse.Server, error) {
+	root := &dirNode{node{fsys: f}}
+	opts := &gofs.Options{
+		EntryTimeout:    &f.o.EntryTimeout,
+		AttrTimeout:     &f.o.AttrTimeout,
+		NegativeTimeout: &f.o.NegativeTimeout,
+		MountOptions: fuse.MountOptions{
+			AllowOther: f.o.AllowOther,
+			FsName:     f.o.FsName,
+			Name:       "mediafs",
+			// The kernel checks modes itself, as on a local disk.
+			Options:       []string{"default_permissions"},
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			MaxBackground: 64,
+			// With ENOSYS the kernel stops asking for security.capability
+			// on every write.
+			DisableXAttrs: true,
+			Debug:         f.o.Debug,
+		},
+		UID: 0, GID: 0,
+	}
+	srv, err := gofs.Mount(dir, root, opts)
+	if err != nil {
+		return nil, err
+	}
+	f.server = srv
+	f.probePassthrough(srv)
+	return srv, nil
+}
+
+// probePassthrough registers a backing file once, as go-fuse would on the
+// first open: if the kernel refuses, go-fuse would silently turn backing
+// files off for the mount, so we find out here, log it and serve through
+// the daemon.
+func (f *FS) probePassthrough(srv *fuse.Server) {
+	if f.o.DisablePassthrough {
+		f.log.Info("FUSE passthrough disabled by flag; reads and writes go through the daemon")
+		return
+	}
+	if srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		f.log.Info("kernel has no FUSE passthrough; reads and writes go through the daemon")
+		return
+	}
+	tmp, err := os.CreateTemp("", "mediafs-probe-")
+	if err != nil {
+		return
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(tmp.Fd())})
+	if errno != 0 {
+		f.log.Info("FUSE passthrough refused by the kernel (needs CAP_SYS_ADMIN); reads and writes go through the daemon", "errno", errno)
+		return
+	}
+	srv.UnregisterBackingFd(id)
+	f.passthrough.Store(true)
+	f.log.Info("FUSE passthrough enabled: cached files are read and written by the kernel directly")
+}
+
+// Passthrough reports whether FUSE passthrough is in use.
+func (f *FS) Passthrough() bool { return f.passthrough.Load() }
+
+// caller returns the uid and gid of the process making the request.
+func caller(ctx context.Context) (uint32, uint32) {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return c.Uid, c.Gid
+	}
+	return 0, 0
+}
+
+// fillAttr copies an entry's attributes into a FUSE attr.
+func fillAttr(e cache.Entry, out *fuse.Attr) {
+	out.Mode = e.Attr.Mode&07777 | typeBits(e)
+	out.Size = uint64(e.Size)
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 1 << 16
+	out.Uid, out.Gid = e.Attr.UID, e.Attr.GID
+	mt := e.Attr.Mtime
+	if mt.IsZero() {
+		mt = time.Unix(0, 0)
+	}
+	out.SetTimes(&mt, &mt, &mt)
+	out.Nlink = 1
+	if e.Dir {
+		out.Nlink = 2
+	}
+}
+
+func typeBits(e cache.Entry) uint32 {
+	switch {
+	case e.Dir:
+		return syscall.S_IFDIR
+	case e.Symlink:
+		return syscall.S_IFLNK
+	}
+	return syscall.S_IFREG
+}
+
+// node is what every node type shares: its key comes from its path.
+type node struct {
+	gofs.Inode
+	fsys *FS
+}
+
+// path is the node's path relative to the mount root ("" for the root).
+func (n *node) path() string { return n.Path(nil) }
+
+func (n *node) fileKey() string { return n.path() }
+
+func (n *node) dirKey() string {
+	p := n.path()
+	if p == "" {
+		return ""
+	}
+	return p + "/"
+}
+
+// entry looks up the node's own entry.
+func (n *node) entry(ctx context.Context, dir bool) (cache.Entry, error) {
+	p := n.path()
+	if p == "" {
+		e, _ := n.fsys.c.Lookup(ctx, "")
+		if a, ok := n.fsys.c.DirAttr(""); ok {
+			e.Attr = a
+		}
+		return e, nil
+	}
+	return n.fsys.c.Lookup(ctx, p)
+}
+
+// inodeFor returns the child inode for an entry, reusing the existing one
+// when its type still matches.
+func (f *FS) inodeFor(ctx context.Context, parent *gofs.Inode, name string, e cache.Entry) *gofs.Inode {
+	mode := typeBits(e)
+	if ch := parent.GetChild(name); ch != nil && ch.StableAttr().Mode == mode {
+		return ch
+	}
+	var n gofs.InodeEmbedder
+	switch mode {
+	case syscall.S_IFDIR:
+		n = &dirNode{node{fsys: f}}
+	case syscall.S_IFLNK:
+		n = &linkNode{fileNode{node{fsys: f}}}
+	default:
+		n = &fileNode{node{fsys: f}}
+	}
+	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: mode})
+}
