@@ -60,6 +60,9 @@ type Cache struct {
 	items  map[string]*Item
 	dirs   map[string]*dirListing
 	recent map[string]recentChange
+	// dirMetas caches directory marker attributes (see dirAttr).
+	dirMetas map[string]dirMeta
+	started  time.Time
 
 	lru *lru
 	up  *uploader
@@ -71,8 +74,8 @@ type Cache struct {
 // Stats are counters for metrics and status.
 type Stats struct {
 	Uploads, UploadBytes, UploadFailures, Deletes, Copies atomic.Int64
-	Conflicts, Evictions, CacheHits, CacheMisses         atomic.Int64
-	SkippedKeys                                          atomic.Int64
+	Conflicts, Evictions, CacheHits, CacheMisses          atomic.Int64
+	SkippedKeys                                           atomic.Int64
 }
 
 // Open opens (or creates) the cache in o.Dir, replays the journal and
@@ -101,7 +104,8 @@ func Open(o Options) (*Cache, error) {
 	}
 	c := &Cache{o: o, log: o.Logger, st: o.Store,
 		dataDir: filepath.Join(o.Dir, "data"),
-		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]recentChange{}}
+		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]recentChange{},
+		dirMetas: map[string]dirMeta{}, started: time.Now()}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}

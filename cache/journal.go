@@ -71,8 +71,8 @@ type Record struct {
 	Symlink bool `json:"symlink,omitempty"`
 	// Uploaded is set once some generation of this key reached the bucket.
 	Uploaded bool      `json:"uploaded,omitempty"`
-	Gen     uint64    `json:"gen"`
-	Since   time.Time `json:"since"`
+	Gen      uint64    `json:"gen"`
+	Since    time.Time `json:"since"`
 }
 
 // Clean records a data file that holds one object version.

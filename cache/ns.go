@@ -215,10 +215,10 @@ func (c *Cache) Readlink(ctx context.Context, key string, e Entry) (string, erro
 
 // AttrChange is a chmod/chown/utimens; nil fields are left alone.
 type AttrChange struct {
-	Mode       *uint32 // permission bits
-	UID, GID   *uint32
-	Mtime      *time.Time
-	Atime      *time.Time
+	Mode     *uint32 // permission bits
+	UID, GID *uint32
+	Mtime    *time.Time
+	Atime    *time.Time
 }
 
 func (ch AttrChange) apply(a Attr) Attr {

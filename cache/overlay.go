@@ -145,6 +145,13 @@ func (c *Cache) noteRemote(key string, e *Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.recent[key] = recentChange{at: now, entry: e}
+	if IsDirKey(key) {
+		if e != nil {
+			c.dirMetas[key] = dirMeta{attr: e.Attr, at: now, found: true}
+		} else {
+			delete(c.dirMetas, key)
+		}
+	}
 	if l := c.dirs[parentDir(key)]; l != nil {
 		select {
 		case <-l.done:
@@ -299,7 +306,9 @@ func (c *Cache) withOpenSize(e Entry) Entry {
 // a directory is found under key+"/").
 func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 	if key == "" {
-		return dirEntry("", c.o.Defaults), nil
+		e := dirEntry("", c.o.Defaults)
+		e.Attr = c.implicitDir(e.Attr)
+		return e, nil
 	}
 	var rec, dirRec Record
 	var hasRec, hasDirRec, pendingBelow bool
@@ -354,19 +363,66 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 		return Entry{}, ErrNotExist // pending delete
 	}
 	if e.Dir {
-		// Attributes of a directory come from its marker when we have
-		// listed the directory itself.
-		c.mu.Lock()
-		if dl := c.dirs[e.Key]; dl != nil && dl.self != nil {
-			select {
-			case <-dl.done:
-				e.Attr = dl.self.Attr
-			default:
-			}
-		}
-		c.mu.Unlock()
+		e.Attr = c.dirAttr(ctx, e.Key, e.Attr)
 	}
 	return c.withOpenSize(e), nil
+}
+
+// dirMeta caches a directory's attributes from its marker object.
+type dirMeta struct {
+	attr  Attr
+	at    time.Time
+	found bool
+}
+
+// dirMetaTTL bounds how long a directory's marker attributes are trusted;
+// they change rarely (chmod of a directory on another machine).
+const dirMetaTTL = 10 * time.Second
+
+// dirAttr returns a directory's attributes: from the marker object "dir/"
+// when there is one (its own listing, or a HEAD cached for dirMetaTTL),
+// else the mount defaults with the mount's start time.
+func (c *Cache) dirAttr(ctx context.Context, dirKey string, def Attr) Attr {
+	c.mu.Lock()
+	if dl := c.dirs[dirKey]; dl != nil && dl.self != nil {
+		select {
+		case <-dl.done:
+			a := dl.self.Attr
+			c.mu.Unlock()
+			return a
+		default:
+		}
+	}
+	m, ok := c.dirMetas[dirKey]
+	c.mu.Unlock()
+	if !ok || time.Since(m.at) > dirMetaTTL {
+		o, err := c.statRemote(ctx, dirKey)
+		switch {
+		case err == nil:
+			e := entryFromObject(o, c.o.Defaults)
+			m = dirMeta{attr: e.Attr, at: time.Now(), found: true}
+		case errors.Is(err, backend.ErrNotFound):
+			m = dirMeta{at: time.Now()}
+		default:
+			if !ok {
+				return c.implicitDir(def)
+			}
+		}
+		c.mu.Lock()
+		c.dirMetas[dirKey] = m
+		c.mu.Unlock()
+	}
+	if m.found {
+		return m.attr
+	}
+	return c.implicitDir(def)
+}
+
+func (c *Cache) implicitDir(def Attr) Attr {
+	if def.Mtime.IsZero() {
+		def.Mtime = c.started
+	}
+	return def
 }
 
 var errStop = errors.New("stop")

@@ -481,4 +481,3 @@ func (u *uploader) snapshot(src string) (string, error) {
 type emptyReader struct{}
 
 func (emptyReader) ReadAt(p []byte, off int64) (int, error) { return 0, io.EOF }
-
