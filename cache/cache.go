@@ -45,6 +45,12 @@ type Options struct {
 	WholeFileLimit int64
 	// Host names this machine in conflict copies.
 	Host string
+	// LocalExcl makes O_EXCL creates exclusive on this machine only, with
+	// no claim object written at create time (see Cache.claim).
+	LocalExcl bool
+	// ClaimTimeout bounds the claim of an O_EXCL create; past it the
+	// create proceeds as exclusive on this machine only.
+	ClaimTimeout time.Duration
 }
 
 // Cache is the local state of one mount.
@@ -66,6 +72,10 @@ type Cache struct {
 
 	lru *lru
 	up  *uploader
+
+	// downAt is when the backend last failed as unavailable (UnixNano),
+	// 0 once it answers again.
+	downAt atomic.Int64
 
 	skippedOnce sync.Map
 	stats       Stats
@@ -95,6 +105,9 @@ func Open(o Options) (*Cache, error) {
 	}
 	if o.WritebackMaxWait <= 0 {
 		o.WritebackMaxWait = time.Minute
+	}
+	if o.ClaimTimeout <= 0 {
+		o.ClaimTimeout = 5 * time.Second
 	}
 	if o.WholeFileLimit <= 0 {
 		o.WholeFileLimit = 8 << 20

@@ -439,7 +439,13 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 	if oldData != 0 {
 		c.dropData(oldData)
 	}
-	c.up.enqueue(it.key, c.o.WritebackDelay)
+	delay := c.o.WritebackDelay
+	if it.excl && it.base != "" {
+		// Other machines see the empty claim object until the data is
+		// there: upload without the write-back delay.
+		delay = 0
+	}
+	c.up.enqueue(it.key, delay)
 	return gen, nil
 }
 

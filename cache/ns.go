@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mediafs/mediafs/backend"
 )
 
 // maxRenameEntries bounds a directory rename done as one transaction;
@@ -37,6 +39,17 @@ func (c *Cache) Create(ctx context.Context, key string, a Attr, excl bool) (*Han
 		return nil, err
 	}
 	it := h.it
+	if excl && !c.o.LocalExcl {
+		if err := c.claim(ctx, it, a); err != nil {
+			it.mu.Lock()
+			it.removed = true
+			it.mu.Unlock()
+			h.counted = false
+			h.write = false
+			h.Release()
+			return nil, err
+		}
+	}
 	it.mu.Lock()
 	_, err = c.journalPut(it, 0, a.Mtime)
 	it.mu.Unlock()
@@ -45,6 +58,34 @@ func (c *Cache) Create(ctx context.Context, key string, a Attr, excl bool) (*Han
 		return nil, err
 	}
 	return h, nil
+}
+
+// claim makes an O_EXCL create exclusive across machines: an empty object
+// is written at once with If-None-Match: *, so exactly one machine gets the
+// name; the data follows with If-Match on the claim's ETag. With the
+// backend down the create stays exclusive on this machine only, and the
+// upload's If-None-Match turns a lost race into a conflict copy.
+func (c *Cache) claim(ctx context.Context, it *Item, a Attr) error {
+	md := metaFromAttr(a)
+	md[metaUploadTag] = fmt.Sprintf("%s/%x/0", c.o.Host, it.id)
+	octx, cancel := context.WithTimeout(ctx, c.o.ClaimTimeout)
+	defer cancel()
+	obj, err := c.st.Put(octx, it.key, emptyReader{}, 0, backend.PutOptions{
+		ContentType: contentType(it.key, false), Metadata: md, IfNoneMatch: true})
+	switch {
+	case err == nil:
+		it.mu.Lock()
+		it.base, it.excl = obj.ETag, true
+		it.mu.Unlock()
+		return nil
+	case errors.Is(err, backend.ErrConflict):
+		c.InvalidateDir(parentDir(it.key))
+		return os.ErrExist
+	case errors.Is(err, backend.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		c.log.Debug("O_EXCL claim not possible, backend unavailable; exclusive on this machine only", "key", it.key)
+		return nil
+	}
+	return err
 }
 
 // Remove unlinks a file (or a symlink).

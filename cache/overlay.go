@@ -23,6 +23,7 @@ import (
 var ErrNotExist = os.ErrNotExist
 
 type dirListing struct {
+	prev    *dirListing // the last good listing, while this one is fetched
 	started time.Time
 	fetched time.Time
 	entries map[string]Entry
@@ -54,10 +55,13 @@ func validName(seg string) string {
 }
 
 // listing returns the bucket's view of dirKey, fetching it when older than
-// the TTL. Concurrent callers share one LIST.
+// the TTL. Concurrent callers share one LIST. While the backend is down, the
+// last good listing is served (and refreshed in the background), so stat
+// and ls of what the mount knows keep working during an outage.
 func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error) {
 	c.mu.Lock()
 	l := c.dirs[dirKey]
+	var prev *dirListing
 	if l != nil {
 		select {
 		case <-l.done:
@@ -65,36 +69,91 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 				c.mu.Unlock()
 				return l, nil
 			}
+			prev = l
+			if l.err != nil {
+				prev = l.prev
+			}
+			if prev != nil && c.backendDown() {
+				nl := &dirListing{started: time.Now(), done: make(chan struct{}), prev: prev}
+				c.dirs[dirKey] = nl
+				c.mu.Unlock()
+				go c.fetchListing(context.Background(), dirKey, nl)
+				return prev, nil
+			}
 		default:
+			prev = l.prev
 			c.mu.Unlock()
+			if prev != nil && c.backendDown() {
+				return prev, nil
+			}
 			select {
 			case <-l.done:
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
 			if l.err != nil {
+				if prev != nil && errors.Is(l.err, backend.ErrUnavailable) {
+					return prev, nil
+				}
 				return nil, l.err
 			}
 			return l, nil
 		}
 	}
-	l = &dirListing{started: time.Now(), done: make(chan struct{})}
+	l = &dirListing{started: time.Now(), done: make(chan struct{}), prev: prev}
 	c.dirs[dirKey] = l
 	c.mu.Unlock()
+	if err := c.fetchListing(ctx, dirKey, l); err != nil {
+		if prev != nil && errors.Is(err, backend.ErrUnavailable) {
+			return prev, nil
+		}
+		return nil, err
+	}
+	return l, nil
+}
 
+// backendDown reports whether the backend failed as unavailable recently
+// and has not answered since.
+func (c *Cache) backendDown() bool {
+	t := c.downAt.Load()
+	return t != 0 && time.Since(time.Unix(0, t)) < 30*time.Second
+}
+
+// noteBackend records whether a backend call reached the server.
+func (c *Cache) noteBackend(err error) {
+	switch {
+	case err == nil || errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrConflict):
+		c.downAt.Store(0)
+	case errors.Is(err, backend.ErrUnavailable):
+		c.downAt.Store(time.Now().UnixNano())
+	}
+}
+
+// BackendDown is for status and readiness.
+func (c *Cache) BackendDown() bool { return c.backendDown() }
+
+// fetchListing runs one LIST into l and installs it (or, on failure, puts
+// the previous good listing back).
+func (c *Cache) fetchListing(ctx context.Context, dirKey string, l *dirListing) error {
 	octx, cancel := c.opCtx(ctx)
 	res, err := c.st.List(octx, dirKey)
 	cancel()
+	c.noteBackend(err)
 	if err != nil {
 		l.err = err
 		c.mu.Lock()
 		if c.dirs[dirKey] == l {
-			delete(c.dirs, dirKey)
+			if l.prev != nil {
+				c.dirs[dirKey] = l.prev
+			} else {
+				delete(c.dirs, dirKey)
+			}
 		}
 		c.mu.Unlock()
 		close(l.done)
-		return nil, err
+		return err
 	}
+	l.prev = nil
 	l.entries = make(map[string]Entry, len(res.Objects)+len(res.Prefixes))
 	for _, o := range res.Objects {
 		if o.Key == dirKey {
@@ -132,10 +191,9 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 		}
 		l.entries[name] = e
 	}
-	// A marker object "name/" listed as an object carries the dir's attrs.
 	l.fetched = time.Now()
 	close(l.done)
-	return l, nil
+	return nil
 }
 
 // noteRemote records a change this mount made in the bucket, so listings
@@ -395,7 +453,7 @@ func (c *Cache) dirAttr(ctx context.Context, dirKey string, def Attr) Attr {
 	}
 	m, ok := c.dirMetas[dirKey]
 	c.mu.Unlock()
-	if !ok || time.Since(m.at) > dirMetaTTL {
+	if (!ok || time.Since(m.at) > dirMetaTTL) && !c.backendDown() {
 		o, err := c.statRemote(ctx, dirKey)
 		switch {
 		case err == nil:
@@ -463,5 +521,7 @@ func CheckName(name, key string) error {
 func (c *Cache) statRemote(ctx context.Context, key string) (backend.Object, error) {
 	octx, cancel := c.opCtx(ctx)
 	defer cancel()
-	return c.st.Stat(octx, key)
+	o, err := c.st.Stat(octx, key)
+	c.noteBackend(err)
+	return o, err
 }

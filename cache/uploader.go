@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,15 +129,13 @@ func (u *uploader) writerClosed(key string) {
 	if key == "" {
 		return
 	}
-	u.mu.Lock()
-	_, queued := u.due[key]
-	u.mu.Unlock()
-	if !queued {
-		if _, ok, _ := u.c.record(key); ok {
-			u.enqueue(key, u.c.o.WritebackDelay)
+	if r, ok, _ := u.c.record(key); ok {
+		delay := u.c.o.WritebackDelay
+		if r.Excl && r.BaseETag != "" {
+			delay = 0
 		}
+		u.enqueue(key, delay)
 	}
-	u.kick()
 }
 
 // next blocks until a key is due and free, and claims it.
@@ -190,6 +189,7 @@ func (u *uploader) worker() {
 			return
 		}
 		retry, err := u.process(key)
+		u.c.noteBackend(err)
 		u.mu.Lock()
 		delete(u.busy, key)
 		if err != nil {
@@ -201,6 +201,13 @@ func (u *uploader) worker() {
 			}
 			u.c.stats.UploadFailures.Add(1)
 			u.enqueue(key, backoff(n))
+			if errors.Is(err, backend.ErrUnavailable) {
+				// Don't hammer a server that is down: this worker pauses.
+				select {
+				case <-u.ctx.Done():
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
 		} else {
 			delete(u.fails, key)
 			u.mu.Unlock()
@@ -215,8 +222,8 @@ func (u *uploader) worker() {
 
 func backoff(n int) time.Duration {
 	d := 100 * time.Millisecond << min(n, 9)
-	if d > 30*time.Second {
-		d = 30 * time.Second
+	if d > 10*time.Second {
+		d = 10 * time.Second
 	}
 	return d
 }
@@ -362,10 +369,22 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 		body, size = f, fi.Size()
 		a.Mtime = fi.ModTime()
 	}
-	obj, err := c.st.Put(ctx, key, body, size, backend.PutOptions{
-		ContentType: contentType(key, r.Symlink),
-		Metadata:    metaFromAttr(a),
-	})
+	md := metaFromAttr(a)
+	tag := u.uploadTag(r)
+	md[metaUploadTag] = tag
+	opts := backend.PutOptions{ContentType: contentType(key, r.Symlink), Metadata: md}
+	switch {
+	case r.BaseETag != "":
+		// An overwrite (or the data of a claimed O_EXCL create): only if
+		// the object is still the version it was based on.
+		opts.IfMatch = r.BaseETag
+	case r.Excl:
+		opts.IfNoneMatch = true
+	}
+	obj, err := c.st.Put(ctx, key, body, size, opts)
+	if errors.Is(err, backend.ErrConflict) && snapshot == "" {
+		return u.conflict(ctx, key, r, body, size, opts, tag)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -431,6 +450,10 @@ func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
 		}
 		if cur.Gen != r.Gen {
 			cur.Uploaded = true
+			if clean != nil && clean.ETag != "" && cur.Op == OpPut && cur.DataID == r.DataID {
+				// Later changes build on the version just uploaded.
+				cur.BaseETag, cur.Excl = clean.ETag, false
+			}
 			return putRecord(txn, key, cur)
 		}
 		done = true
@@ -449,6 +472,9 @@ func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
 		return false, err
 	}
 	c.dropData(drop)
+	if clean != nil && clean.ETag != "" {
+		c.rebase(key, r.DataID, clean.ETag)
+	}
 	if done && clean != nil && clean.DataID != 0 {
 		c.lru.add(clean.DataID, key, clean.Size)
 	} else if !done {
@@ -476,6 +502,120 @@ func (u *uploader) snapshot(src string) (string, error) {
 	out.Close()
 	os.Chtimes(out.Name(), fi.ModTime(), fi.ModTime())
 	return out.Name(), nil
+}
+
+// metaUploadTag names each upload (host, data file, generation), so that a
+// retry after a lost acknowledgement recognises its own earlier upload
+// instead of taking it for another machine's write.
+const metaUploadTag = "mediafs-upload"
+
+func (u *uploader) uploadTag(r Record) string {
+	return fmt.Sprintf("%s/%x/%d", u.c.o.Host, r.DataID, r.Gen)
+}
+
+// conflict handles an upload whose condition failed: another machine wrote
+// the key since this change was based on it. If the object is our own
+// earlier attempt, the upload is done. Otherwise the other version keeps
+// the name and ours is kept as a sibling, logged and counted: nothing is
+// silently dropped.
+func (u *uploader) conflict(ctx context.Context, key string, r Record, body io.ReaderAt, size int64,
+	opts backend.PutOptions, tag string) (time.Duration, error) {
+	c := u.c
+	cur, err := c.st.Stat(ctx, key)
+	if err == nil && ownLineage(cur.Metadata[metaUploadTag], tag) && cur.Metadata[metaUploadTag] != tag {
+		// Our own earlier upload from this data file (its acknowledgement
+		// or rebase raced with a newer change): build on it.
+		opts.IfMatch, opts.IfNoneMatch = cur.ETag, false
+		obj, perr := c.st.Put(ctx, key, body, size, opts)
+		if perr != nil {
+			return 0, perr
+		}
+		e := Entry{Key: key, Name: baseName(key), Size: size, Attr: r.Attr, ETag: obj.ETag, Symlink: r.Symlink}
+		done, ferr := u.finish(key, r, &Clean{V: recordVersion, DataID: r.DataID, ETag: obj.ETag, Size: size})
+		if done {
+			c.noteRemote(key, &e)
+		}
+		return 0, ferr
+	}
+	if err == nil && cur.Metadata[metaUploadTag] == tag {
+		e := entryFromObject(cur, c.o.Defaults)
+		done, ferr := u.finish(key, r, &Clean{V: recordVersion, DataID: r.DataID, ETag: cur.ETag, Size: size})
+		if done {
+			c.noteRemote(key, &e)
+		}
+		return 0, ferr
+	}
+	if err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return 0, err
+	}
+	if errors.Is(err, backend.ErrNotFound) && r.BaseETag != "" && !r.Excl {
+		// Deleted elsewhere meanwhile: our write re-creates it.
+		opts.IfMatch, opts.IfNoneMatch = "", true
+		if _, perr := c.st.Put(ctx, key, body, size, opts); perr == nil {
+			done, ferr := u.finish(key, r, nil)
+			if done {
+				c.InvalidateDir(parentDir(key))
+			}
+			return 0, ferr
+		} else if !errors.Is(perr, backend.ErrConflict) {
+			return 0, perr
+		}
+	}
+	sib := conflictName(key, c.o.Host, time.Now())
+	opts.IfMatch, opts.IfNoneMatch = "", false
+	if _, err := c.st.Put(ctx, sib, body, size, opts); err != nil {
+		return 0, err
+	}
+	c.stats.Conflicts.Add(1)
+	c.log.Warn("conflict: the object was changed on another machine; it keeps the name and this machine's version is kept beside it",
+		"key", key, "kept_as", sib)
+	done, ferr := u.finish(key, r, nil)
+	c.InvalidateDir(parentDir(key))
+	if done {
+		c.dropData(r.DataID)
+	}
+	return 0, ferr
+}
+
+// rebase makes an open item's next upload build on etag, the version this
+// mount just uploaded from the same data file.
+func (c *Cache) rebase(key string, id uint64, etag string) {
+	c.mu.Lock()
+	it := c.items[key]
+	c.mu.Unlock()
+	if it == nil {
+		return
+	}
+	it.mu.Lock()
+	if it.id == id && it.key == key {
+		it.base, it.excl = etag, false
+	}
+	it.mu.Unlock()
+}
+
+// ownLineage reports whether two upload tags come from the same host and
+// data file.
+func ownLineage(a, b string) bool {
+	i := strings.LastIndexByte(a, '/')
+	j := strings.LastIndexByte(b, '/')
+	return i > 0 && j > 0 && a[:i] == b[:j]
+}
+
+// conflictName is "dir/name.conflict-HOST-20060102T150405Z.ext".
+func conflictName(key, host string, t time.Time) string {
+	dir, base := parentDir(key), baseName(key)
+	ext := path.Ext(base)
+	if ext == base {
+		ext = ""
+	}
+	stem := strings.TrimSuffix(base, ext)
+	host = strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' {
+			return '_'
+		}
+		return r
+	}, host)
+	return dir + stem + ".conflict-" + host + "-" + t.UTC().Format("20060102T150405Z") + ext
 }
 
 type emptyReader struct{}
