@@ -33,6 +33,7 @@ type mountConfig struct {
 	allowOther, insecure, noPassthrough          bool
 	debugFuse, nonEmpty                          bool
 	logFormat, logLevel, metricsAddr             string
+	excl                                         string
 	partSize                                     sizeFlag
 }
 
@@ -55,6 +56,7 @@ func mountFlags(cfg *mountConfig) *flag.FlagSet {
 	fset.DurationVar(&cfg.opTimeout, "op-timeout", 60*time.Second, "bound on a backend call made for a file system operation")
 	fset.DurationVar(&cfg.reqTimeout, "request-timeout", 30*time.Second, "a request that makes no progress for this long is retried")
 	fset.IntVar(&cfg.uploadConc, "upload-concurrency", 16, "parallel uploads")
+	fset.StringVar(&cfg.excl, "excl", "claim", "O_EXCL creates: claim (exclusive across machines: an empty object is written at create) or local (exclusive on this machine; cheaper for tar -x)")
 	fset.StringVar(&cfg.upload, "upload", "writeback", "writeback: close returns once data is safe locally; close: once it is in the bucket")
 	cfg.cacheSize.percent = 0
 	cfg.cacheSize.bytes = 10 << 30
@@ -114,6 +116,9 @@ func runMount(args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.excl != "claim" && cfg.excl != "local" {
+		return fmt.Errorf("--excl must be claim or local, not %q", cfg.excl)
+	}
 	if cfg.upload != "writeback" && cfg.upload != "close" {
 		return fmt.Errorf("--upload must be writeback or close, not %q", cfg.upload)
 	}
@@ -152,7 +157,14 @@ func runMount(args []string) error {
 	err = st.Check(ctx)
 	cancel()
 	if err != nil {
-		return checkError(err, bucket, cfg.endpoint)
+		_, dbErr := os.Stat(filepath.Join(cfg.cacheDir, "db"))
+		if !errors.Is(err, backend.ErrUnavailable) || dbErr != nil {
+			return checkError(err, bucket, cfg.endpoint)
+		}
+		// A cache that was used before: serve what it knows and upload
+		// when the backend is back.
+		log.Warn("object store unreachable; starting from the local cache, uploads resume when it is back",
+			"endpoint", cfg.endpoint, "err", err)
 	}
 	if err := os.MkdirAll(cfg.cacheDir, 0o700); err != nil {
 		return fmt.Errorf("cache dir: %w", err)
@@ -165,6 +177,7 @@ func runMount(args []string) error {
 		DirTTL: cfg.dirTTL, WritebackDelay: cfg.wbDelay, WritebackMaxWait: cfg.wbMaxWait,
 		UploadConcurrency: cfg.uploadConc, UploadOnClose: cfg.upload == "close",
 		OpTimeout: cfg.opTimeout, CacheSize: cfg.cacheSize.resolve(cfg.cacheDir), Host: host,
+		LocalExcl: cfg.excl == "local",
 	})
 	if err != nil {
 		return err
