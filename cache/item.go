@@ -50,16 +50,18 @@ type Item struct {
 	dirtyData   bool // changed since the last journal write
 	dropOnClose bool
 	removed     bool
+	// blocks is set while the data file holds only some blocks.
+	blocks *blockMap
 }
 
 // Handle is one open file description.
 type Handle struct {
 	c       *Cache
-	it      *Item // nil for a streamed (not locally cached) read
+	it      *Item
 	write   bool
 	counted bool // counted in it.writers
 	stat0   fileStamp
-	stream  *streamReader
+	blocks  *blockMap // set while the data file is partial
 }
 
 type fileStamp struct {
@@ -95,7 +97,7 @@ func (c *Cache) Open(ctx context.Context, key string, e Entry, fl OpenFlags) (*H
 	c.mu.Unlock()
 
 	h, err := c.openItem(ctx, it, e, fl)
-	if err != nil || h.it == nil {
+	if err != nil {
 		c.unref(it)
 	}
 	return h, err
@@ -108,13 +110,21 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 	defer it.mu.Unlock()
 	h := &Handle{c: c, it: it, write: fl.Write}
 	if it.f == nil {
-		stream, err := c.fill(ctx, it, e, fl)
-		if err != nil {
+		if err := c.fill(ctx, it, e, fl); err != nil {
 			return nil, err
 		}
-		if stream != nil {
-			return &Handle{c: c, stream: stream}, nil
+	}
+	if fl.Write && it.blocks != nil {
+		// Writing needs the whole object locally.
+		if !fl.Trunc {
+			if err := it.blocks.fillAll(ctx); err != nil {
+				return nil, err
+			}
 		}
+		it.blocks = nil
+	}
+	if it.blocks != nil && !it.blocks.complete() {
+		h.blocks = it.blocks
 	}
 	if fl.Write {
 		if it.writers == 0 {
@@ -146,9 +156,9 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 }
 
 // fill gives an item its data file: the pending one, the clean cached one,
-// a new empty one, or the object fetched whole. A large object opened for
-// reading is streamed instead (the returned reader).
-func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) (*streamReader, error) {
+// a new empty one, the object fetched whole, or (a large object opened for
+// reading) a sparse file the block cache fills.
+func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error {
 	key := it.key
 	var rec Record
 	var hasRec bool
@@ -163,50 +173,61 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) (*str
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	switch {
 	case fl.Create:
-		return nil, c.newData(it, fl.Attr, "", true)
+		return c.newData(it, fl.Attr, "", true)
 	case hasRec && rec.Op == OpPut && rec.DataID != 0:
 		f, err := os.OpenFile(c.dataPath(rec.DataID), os.O_RDWR, 0)
 		if err != nil {
-			return nil, fmt.Errorf("pending data of %s: %w", key, err)
+			return fmt.Errorf("pending data of %s: %w", key, err)
 		}
 		it.f, it.id, it.attr, it.base, it.excl = f, rec.DataID, rec.Attr, rec.BaseETag, rec.Excl
-		return nil, nil
+		return nil
 	case hasRec && rec.Op == OpCopy:
 		// Renamed or re-attributed, not copied yet: the bytes are at Src.
 		if fl.Trunc {
-			return nil, c.newData(it, rec.Attr, "", false)
+			return c.newData(it, rec.Attr, "", false)
 		}
 		src := rec.Src
 		srcE, err := c.Lookup(ctx, src)
 		if err != nil || srcE.Pending {
 			o, serr := c.statRemote(ctx, src)
 			if serr != nil {
-				return nil, serr
+				return serr
 			}
 			srcE = entryFromObject(o, c.o.Defaults)
 		}
 		if err := c.fetchWhole(ctx, it, src, srcE); err != nil {
-			return nil, err
+			return err
 		}
 		it.attr = rec.Attr
 		if src != key {
 			// The fetched file is not a clean copy of key.
 			c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(key)) })
 		}
-		return nil, nil
+		return nil
 	case hasRec && rec.Op == OpDelete:
-		return nil, ErrNotExist
+		return ErrNotExist
 	}
 	if hasClean && cl.ETag == e.ETag && cl.Size == e.Size {
 		f, err := os.OpenFile(c.dataPath(cl.DataID), os.O_RDWR, 0)
 		if err == nil {
 			it.f, it.id, it.attr, it.base = f, cl.DataID, e.Attr, e.ETag
+			if cl.Partial {
+				var have []bool
+				if err := c.db.View(func(txn *badger.Txn) error {
+					var err error
+					have, err = loadBitmap(txn, cl.DataID)
+					return err
+				}); err != nil {
+					c.log.Warn("reading block map; refetching", "key", key, "err", err)
+				}
+				it.blocks = newBlockMap(c, key, e.ETag, e.Size, cl.DataID, f, have)
+			}
 			c.stats.CacheHits.Add(1)
-			return nil, nil
+			return nil
 		}
 	}
 	if hasClean {
@@ -216,12 +237,47 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) (*str
 	}
 	c.stats.CacheMisses.Add(1)
 	if fl.Write && fl.Trunc {
-		return nil, c.newData(it, e.Attr, e.ETag, false)
+		return c.newData(it, e.Attr, e.ETag, false)
 	}
 	if !fl.Write && e.Size > c.o.WholeFileLimit {
-		return newStreamReader(c, key, e), nil
+		return c.newSparse(it, key, e)
 	}
-	return nil, c.fetchWhole(ctx, it, key, e)
+	return c.fetchWhole(ctx, it, key, e)
+}
+
+// newSparse gives a large object opened for reading a sparse data file
+// that the block cache fills as it is read.
+func (c *Cache) newSparse(it *Item, key string, e Entry) error {
+	id, err := c.newDataID()
+	if err != nil {
+		return err
+	}
+	path := c.dataPath(id)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		err = f.Truncate(e.Size)
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		os.Remove(path)
+		return fmt.Errorf("cache file: %w", err)
+	}
+	if !e.Attr.Mtime.IsZero() {
+		os.Chtimes(path, e.Attr.Mtime, e.Attr.Mtime)
+	}
+	if err := c.update(func(txn *badger.Txn) error {
+		return txn.Set(cKey(key), encode(Clean{V: recordVersion, DataID: id, ETag: e.ETag, Size: e.Size, Partial: true}))
+	}); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	c.lru.add(id, key, e.Size)
+	it.f, it.id, it.attr, it.base = f, id, e.Attr, e.ETag
+	it.blocks = newBlockMap(c, key, e.ETag, e.Size, id, f, nil)
+	return nil
 }
 
 func (c *Cache) newData(it *Item, a Attr, base string, created bool) error {
@@ -311,10 +367,10 @@ func (c *Cache) unref(it *Item) {
 	}
 }
 
-// Fd is the data file descriptor for FUSE passthrough; ok is false for a
-// streamed handle.
+// Fd is the data file descriptor for FUSE passthrough; ok is false while
+// the data file is partial (the daemon fills it as it is read).
 func (h *Handle) Fd() (int, bool) {
-	if h.it == nil || h.it.f == nil {
+	if h.it == nil || h.it.f == nil || h.blocks != nil {
 		return 0, false
 	}
 	return int(h.it.f.Fd()), true
@@ -322,8 +378,8 @@ func (h *Handle) Fd() (int, bool) {
 
 // ReadAt reads through the daemon (no passthrough).
 func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if h.stream != nil {
-		return h.stream.ReadAt(ctx, p, off)
+	if h.blocks != nil {
+		return h.blocks.ReadAt(ctx, p, off)
 	}
 	n, err := h.it.f.ReadAt(p, off)
 	if err == io.EOF {
@@ -359,9 +415,6 @@ func (h *Handle) Truncate(size int64) error {
 
 // Size is the current size of the data.
 func (h *Handle) Size() int64 {
-	if h.stream != nil {
-		return h.stream.e.Size
-	}
 	if fi, err := h.it.f.Stat(); err == nil {
 		return fi.Size()
 	}
@@ -477,10 +530,6 @@ func (h *Handle) Sync(ctx context.Context) error {
 
 // Release is the last close of the handle.
 func (h *Handle) Release() {
-	if h.stream != nil {
-		h.stream.Close()
-		return
-	}
 	if h.write {
 		if _, _, err := h.commit(true); err != nil {
 			h.c.log.Error("journal on release", "key", h.it.key, "err", err)
@@ -511,9 +560,6 @@ func (h *Handle) MarkDirty() {
 // Entry describes the open file: attributes from the item, size and mtime
 // from its data file.
 func (h *Handle) Entry() Entry {
-	if h.stream != nil {
-		return h.stream.e
-	}
 	it := h.it
 	it.mu.Lock()
 	defer it.mu.Unlock()

@@ -6,7 +6,9 @@ package cache
 //
 //	j/<object key>  Record: one pending operation on that key (JSON)
 //	c/<object key>  Clean: a local data file that holds exactly the
-//	                object version with the given ETag (JSON)
+//	                object version with the given ETag (JSON); a Partial
+//	                one holds only the blocks its bitmap lists
+//	b/<data id>     the block bitmap of a Partial clean file
 //
 // A Record is the whole pending state of one key; later changes replace it
 // (its Gen grows by one each time), so rewrites coalesce into one upload.
@@ -81,6 +83,9 @@ type Clean struct {
 	DataID uint64 `json:"data"`
 	ETag   string `json:"etag"`
 	Size   int64  `json:"size"`
+	// Partial marks a sparse file filled block by block; b/<data id>
+	// holds its bitmap (see blocks.go).
+	Partial bool `json:"partial,omitempty"`
 }
 
 func jKey(key string) []byte { return []byte("j/" + key) }

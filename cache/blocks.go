@@ -1,0 +1,359 @@
+package cache
+
+// Block cache for objects too large to fetch whole on open. The object's
+// version (key + ETag) gets a sparse data file; ranged GETs fill it in
+// blockSize blocks, and a bitmap in Badger (b/<data id>) records which
+// blocks are present, so a restart keeps what was read and a partial read
+// never downloads the whole object. Sequential readers get read-ahead:
+// several blocks in flight in parallel, since an object store delivers far
+// more with several streams than with one. Once every block is present the
+// file is complete and later opens use FUSE passthrough like any cached
+// file.
+//
+// The bitmap is written after the block's data (without fsync: this is
+// clean, re-fetchable data; after a power loss blocks may read back as
+// zeros until the entry is evicted, which the README documents).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mediafs/mediafs/backend"
+)
+
+const (
+	blockSize = 4 << 20
+	// readAhead is how many blocks ahead of a sequential reader are
+	// fetched; maxFetches bounds the GETs in flight per file.
+	readAhead  = 8
+	maxFetches = 4
+)
+
+func bKey(id uint64) []byte { return []byte(fmt.Sprintf("b/%016x", id)) }
+
+type blockMap struct {
+	c    *Cache
+	key  string
+	etag string
+	size int64
+	id   uint64
+	f    *os.File
+
+	mu       sync.Mutex
+	have     []bool
+	missing  int
+	inflight map[int]*blockFetch
+	sem      chan struct{}
+	next     int // block after the last one read: sequential detection
+	seq      int
+	// order lists present blocks oldest first, for the per-file budget;
+	// punched counts hole punches and punchedAt[b] is the count at b's.
+	order     []int
+	punched   uint64
+	punchedAt map[int]uint64
+}
+
+type blockFetch struct {
+	done chan struct{}
+	err  error
+}
+
+func nblocks(size int64) int { return int((size + blockSize - 1) / blockSize) }
+
+func newBlockMap(c *Cache, key, etag string, size int64, id uint64, f *os.File, have []bool) *blockMap {
+	n := nblocks(size)
+	if len(have) != n {
+		have = make([]bool, n)
+	}
+	m := &blockMap{c: c, key: key, etag: etag, size: size, id: id, f: f, have: have,
+		inflight: map[int]*blockFetch{}, sem: make(chan struct{}, maxFetches), punchedAt: map[int]uint64{}}
+	for b, h := range have {
+		if !h {
+			m.missing++
+		} else {
+			m.order = append(m.order, b)
+		}
+	}
+	return m
+}
+
+func loadBitmap(txn *badger.Txn, id uint64) ([]bool, error) {
+	it, err := txn.Get(bKey(id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var have []bool
+	err = it.Value(func(v []byte) error {
+		have = make([]bool, 0, len(v)*8)
+		var raw struct {
+			N    int    `json:"n"`
+			Bits []byte `json:"bits"`
+		}
+		if err := json.Unmarshal(v, &raw); err != nil {
+			return err
+		}
+		for i := 0; i < raw.N; i++ {
+			have = append(have, raw.Bits[i/8]&(1<<(i%8)) != 0)
+		}
+		return nil
+	})
+	return have, err
+}
+
+func (m *blockMap) encodeLocked() []byte {
+	bits := make([]byte, (len(m.have)+7)/8)
+	for i, h := range m.have {
+		if h {
+			bits[i/8] |= 1 << (i % 8)
+		}
+	}
+	return encode(struct {
+		N    int    `json:"n"`
+		Bits []byte `json:"bits"`
+	}{len(m.have), bits})
+}
+
+// complete reports whether every block is present.
+func (m *blockMap) complete() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.missing == 0
+}
+
+// ReadAt serves p at off, fetching missing blocks and reading ahead for
+// sequential readers.
+func (m *blockMap) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off >= m.size {
+		return 0, nil
+	}
+	if int64(len(p)) > m.size-off {
+		p = p[:m.size-off]
+	}
+	first, last := int(off/blockSize), int((off+int64(len(p))-1)/blockSize)
+	for {
+		n, retry, err := m.readOnce(ctx, p, off, first, last)
+		if !retry {
+			return n, err
+		}
+	}
+}
+
+// readOnce makes sure blocks first..last are present and reads them. retry
+// is true when a block was punched out (budget eviction) during the read.
+func (m *blockMap) readOnce(ctx context.Context, p []byte, off int64, first, last int) (int, bool, error) {
+	m.mu.Lock()
+	if first == m.next || first == m.next-1 {
+		m.seq++
+	} else {
+		m.seq = 0
+	}
+	m.next = last + 1
+	ahead := 0
+	if m.seq >= 2 {
+		ahead = readAhead
+	}
+	var waits []*blockFetch
+	for b := first; b <= last+ahead && b < len(m.have); b++ {
+		if m.have[b] {
+			continue
+		}
+		f := m.inflight[b]
+		if f == nil {
+			f = &blockFetch{done: make(chan struct{})}
+			m.inflight[b] = f
+			go m.fetch(b, f)
+		}
+		if b <= last {
+			waits = append(waits, f)
+		}
+	}
+	m.mu.Unlock()
+	for _, f := range waits {
+		select {
+		case <-f.done:
+			if f.err != nil {
+				return 0, false, f.err
+			}
+		case <-ctx.Done():
+			return 0, false, ctx.Err()
+		}
+	}
+	m.mu.Lock()
+	punched := m.punched
+	for b := first; b <= last; b++ {
+		if !m.have[b] {
+			m.mu.Unlock()
+			return 0, true, nil // evicted before we got to it: fetch again
+		}
+	}
+	m.mu.Unlock()
+	n, err := m.f.ReadAt(p, off)
+	if err == io.EOF {
+		err = nil
+	}
+	m.mu.Lock()
+	retry := m.punched != punched && m.anyPunchedLocked(first, last, punched)
+	m.mu.Unlock()
+	return n, retry, err
+}
+
+// anyPunchedLocked reports whether a block in first..last was punched out
+// after the punch count was since.
+func (m *blockMap) anyPunchedLocked(first, last int, since uint64) bool {
+	for b := first; b <= last; b++ {
+		if m.punchedAt[b] > since {
+			return true
+		}
+	}
+	return false
+}
+
+// budget bounds the bytes a single file may hold in the cache, so reading
+// an object larger than --cache-size keeps the cache under its cap: blocks
+// behind the reader are punched out, oldest first.
+func (m *blockMap) budget() int64 {
+	limit := m.c.o.CacheSize / 2
+	if limit <= 0 || m.size <= limit {
+		return 0
+	}
+	if limit < 4*blockSize*maxFetches {
+		limit = 4 * blockSize * maxFetches
+	}
+	return limit
+}
+
+// trimLocked punches out the oldest fetched blocks while over budget.
+func (m *blockMap) trimLocked(keep int) {
+	limit := m.budget()
+	if limit == 0 {
+		return
+	}
+	for int64(len(m.order))*blockSize > limit {
+		b := m.order[0]
+		m.order = m.order[1:]
+		if b == keep || !m.have[b] {
+			continue
+		}
+		off := int64(b) * blockSize
+		if err := punchHole(m.f, off, blockSize); err != nil {
+			m.c.log.Warn("punching a cache block", "key", m.key, "err", err)
+			return
+		}
+		m.have[b] = false
+		m.missing++
+		m.punched++
+		m.punchedAt[b] = m.punched
+	}
+}
+
+// fetch downloads block b into the sparse file.
+func (m *blockMap) fetch(b int, f *blockFetch) {
+	m.sem <- struct{}{}
+	defer func() { <-m.sem }()
+	off := int64(b) * blockSize
+	n := int64(blockSize)
+	if off+n > m.size {
+		n = m.size - off
+	}
+	err := m.fetchRange(off, n)
+	m.mu.Lock()
+	delete(m.inflight, b)
+	if err == nil && !m.have[b] {
+		m.have[b] = true
+		m.missing--
+		m.order = append(m.order, b)
+		m.trimLocked(b)
+		bm := m.encodeLocked()
+		complete := m.missing == 0
+		m.mu.Unlock()
+		if uerr := m.c.update(func(txn *badger.Txn) error {
+			if !complete {
+				return txn.Set(bKey(m.id), bm)
+			}
+			// Whole now: an ordinary clean file from here on.
+			if cl, ok, err := getClean(txn, m.key); err != nil || !ok || cl.DataID != m.id {
+				return err
+			} else {
+				cl.Partial = false
+				if err := txn.Set(cKey(m.key), encode(cl)); err != nil {
+					return err
+				}
+			}
+			return txn.Delete(bKey(m.id))
+		}); uerr != nil {
+			m.c.log.Warn("saving block map", "key", m.key, "err", uerr)
+		}
+	} else {
+		m.mu.Unlock()
+	}
+	f.err = err
+	close(f.done)
+}
+
+func (m *blockMap) fetchRange(off, n int64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.c.o.OpTimeout)
+	defer cancel()
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var r io.ReadCloser
+		r, err = m.c.st.Get(ctx, m.key, m.etag, off, n)
+		if err != nil {
+			if errors.Is(err, backend.ErrConflict) || errors.Is(err, backend.ErrNotFound) || ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		buf := make([]byte, n)
+		_, err = io.ReadFull(r, buf)
+		r.Close()
+		if err == nil {
+			_, err = m.f.WriteAt(buf, off)
+			if err == nil {
+				m.c.noteBackend(nil)
+				return nil
+			}
+			return fmt.Errorf("cache file: %w", err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	m.c.noteBackend(err)
+	if errors.Is(err, backend.ErrConflict) {
+		// The object changed under us: this version is gone.
+		return fmt.Errorf("read %s: object changed on the server: %w", m.key, backend.ErrUnavailable)
+	}
+	return err
+}
+
+// fillAll fetches every missing block (before a write to the file).
+func (m *blockMap) fillAll(ctx context.Context) error {
+	buf := make([]byte, 1)
+	for b := 0; b < len(m.have); b++ {
+		m.mu.Lock()
+		h := m.have[b]
+		m.mu.Unlock()
+		if h {
+			continue
+		}
+		if _, err := m.ReadAt(ctx, buf, int64(b)*blockSize); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func punchHole(f *os.File, off, n int64) error {
+	return syscall.Fallocate(int(f.Fd()), 0x02|0x01, off, n) // PUNCH_HOLE|KEEP_SIZE
+}
