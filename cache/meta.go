@@ -66,11 +66,18 @@ func attrFromMeta(md map[string]string, dir bool, lastMod time.Time, d Defaults)
 	}
 	if v, ok := md[backend.MetaMtime]; ok {
 		if t, ok := parseMtime(v); ok {
+			if ns, err := strconv.ParseInt(md[metaMtimeNs], 10, 64); err == nil && ns > 0 && ns < 1e9 && t.Nanosecond() == 0 {
+				t = t.Add(time.Duration(ns))
+			}
 			a.Mtime = t
 		}
 	}
 	return a
 }
+
+// metaMtimeNs carries the sub-second part of mtime beside s3fs's whole
+// seconds, so that cp -a and rsync see the exact time they set.
+const metaMtimeNs = "mediafs-mtime-ns"
 
 // parseMtime accepts s3fs's integer seconds and "seconds.nanoseconds".
 func parseMtime(v string) (time.Time, bool) {
@@ -100,6 +107,7 @@ func metaFromAttr(a Attr) map[string]string {
 		backend.MetaUID:   strconv.FormatUint(uint64(a.UID), 10),
 		backend.MetaGID:   strconv.FormatUint(uint64(a.GID), 10),
 		backend.MetaMtime: strconv.FormatInt(a.Mtime.Unix(), 10),
+		metaMtimeNs:       strconv.Itoa(a.Mtime.Nanosecond()),
 	}
 }
 

@@ -112,7 +112,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	}
 	e := cache.Entry{Key: key, Name: name, Attr: a, Pending: true}
 	fillAttr(e, &out.Attr)
-	ch := d.NewInode(ctx, &fileNode{node{fsys: d.fsys}}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	ch := d.NewInode(ctx, &fileNode{node: node{fsys: d.fsys}}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	return ch, d.fsys.newHandle(h), 0, 0
 }
 
@@ -207,7 +207,7 @@ func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.En
 		return nil, toErrno(err)
 	}
 	fillAttr(cache.Entry{Key: key, Name: name, Symlink: true, Size: int64(len(target)), Attr: a}, &out.Attr)
-	return d.NewInode(ctx, &linkNode{fileNode{node{fsys: d.fsys}}}, gofs.StableAttr{Mode: syscall.S_IFLNK}), 0
+	return d.NewInode(ctx, &linkNode{fileNode{node: node{fsys: d.fsys}}}, gofs.StableAttr{Mode: syscall.S_IFLNK}), 0
 }
 
 // Link implements gofs.NodeLinker: objects have one name each, so hard

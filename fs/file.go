@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 	"time"
 
@@ -12,7 +13,11 @@ import (
 )
 
 // fileNode is a regular file: one object.
-type fileNode struct{ node }
+type fileNode struct {
+	node
+	mu       sync.Mutex
+	lastETag string // the version the kernel's page cache holds
+}
 
 var (
 	_ = (gofs.NodeGetattrer)((*fileNode)(nil))
@@ -120,7 +125,19 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return f.fsys.newHandle(h), 0, 0
+	// Keep the kernel's page cache while the object is the version it
+	// cached; a new ETag (changed here or on another machine) drops it.
+	var fuseFlags uint32
+	f.mu.Lock()
+	if !write && !e.Pending && e.ETag != "" && e.ETag == f.lastETag {
+		fuseFlags |= fuse.FOPEN_KEEP_CACHE
+	}
+	f.lastETag = e.ETag
+	if write || e.Pending {
+		f.lastETag = ""
+	}
+	f.mu.Unlock()
+	return f.fsys.newHandle(h), fuseFlags, 0
 }
 
 // Readlink implements gofs.NodeReadlinker.

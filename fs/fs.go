@@ -203,9 +203,9 @@ func (f *FS) inodeFor(ctx context.Context, parent *gofs.Inode, name string, e ca
 	case syscall.S_IFDIR:
 		n = &dirNode{node{fsys: f}}
 	case syscall.S_IFLNK:
-		n = &linkNode{fileNode{node{fsys: f}}}
+		n = &linkNode{fileNode{node: node{fsys: f}}}
 	default:
-		n = &fileNode{node{fsys: f}}
+		n = &fileNode{node: node{fsys: f}}
 	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: mode})
 }
