@@ -42,7 +42,8 @@ func (d *dirNode) checkName(name string) (string, syscall.Errno) {
 }
 
 // Lookup implements gofs.NodeLookuper.
-func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (child *gofs.Inode, errno syscall.Errno) {
+	defer d.fsys.observe("lookup", time.Now(), &errno)
 	key, errno := d.checkName(name)
 	if errno != 0 {
 		return nil, errno
@@ -56,7 +57,8 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 }
 
 // Readdir implements gofs.NodeReaddirer.
-func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+func (d *dirNode) Readdir(ctx context.Context) (stream gofs.DirStream, errno syscall.Errno) {
+	defer d.fsys.observe("readdir", time.Now(), &errno)
 	ents, err := d.fsys.c.List(ctx, d.dirKey())
 	if err != nil {
 		return nil, toErrno(err)
@@ -100,7 +102,8 @@ func newAttr(ctx context.Context, mode uint32) cache.Attr {
 }
 
 // Create implements gofs.NodeCreater.
-func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (child *gofs.Inode, fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
+	defer d.fsys.observe("create", time.Now(), &errno)
 	key, errno := d.checkName(name)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -117,7 +120,8 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 }
 
 // Mkdir implements gofs.NodeMkdirer.
-func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (child *gofs.Inode, errno syscall.Errno) {
+	defer d.fsys.observe("mkdir", time.Now(), &errno)
 	key, errno := d.checkName(name)
 	if errno != 0 {
 		return nil, errno
@@ -131,7 +135,8 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 }
 
 // Rmdir implements gofs.NodeRmdirer.
-func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
+func (d *dirNode) Rmdir(ctx context.Context, name string) (errno syscall.Errno) {
+	defer d.fsys.observe("rmdir", time.Now(), &errno)
 	key, errno := d.checkName(name)
 	if errno != 0 {
 		return errno
@@ -140,7 +145,8 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 }
 
 // Unlink implements gofs.NodeUnlinker.
-func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
+func (d *dirNode) Unlink(ctx context.Context, name string) (errno syscall.Errno) {
+	defer d.fsys.observe("unlink", time.Now(), &errno)
 	key, errno := d.checkName(name)
 	if errno != 0 {
 		return errno
@@ -156,7 +162,8 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 // Rename implements gofs.NodeRenamer.
-func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) (errno syscall.Errno) {
+	defer d.fsys.observe("rename", time.Now(), &errno)
 	if flags&^uint32(1) != 0 { // only RENAME_NOREPLACE
 		return syscall.EINVAL
 	}
@@ -194,7 +201,8 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 }
 
 // Symlink implements gofs.NodeSymlinker.
-func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (child *gofs.Inode, errno syscall.Errno) {
+	defer d.fsys.observe("symlink", time.Now(), &errno)
 	key, errno := d.checkName(name)
 	if errno != 0 {
 		return nil, errno

@@ -71,7 +71,8 @@ func attrChange(in *fuse.SetAttrIn) (cache.AttrChange, bool) {
 }
 
 // Setattr implements gofs.NodeSetattrer: truncate, chmod, chown, utimens.
-func (f *fileNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+func (f *fileNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) (errno syscall.Errno) {
+	defer f.fsys.observe("setattr", time.Now(), &errno)
 	key := f.fileKey()
 	c := f.fsys.c
 	if size, ok := in.GetSize(); ok {
@@ -111,7 +112,8 @@ func (f *fileNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.Set
 }
 
 // Open implements gofs.NodeOpener.
-func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, fuseFlags uint32, errno syscall.Errno) {
+	defer f.fsys.observe("open", time.Now(), &errno)
 	key := f.fileKey()
 	e, err := f.fsys.c.Lookup(ctx, key)
 	if err != nil {
@@ -127,7 +129,6 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	// Keep the kernel's page cache while the object is the version it
 	// cached; a new ETag (changed here or on another machine) drops it.
-	var fuseFlags uint32
 	f.mu.Lock()
 	if !write && !e.Pending && e.ETag != "" && e.ETag == f.lastETag {
 		fuseFlags |= fuse.FOPEN_KEEP_CACHE
@@ -183,7 +184,8 @@ func (fh *fileHandle) PassthroughFd() (int, bool) {
 }
 
 // Read implements gofs.FileReader.
-func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (res fuse.ReadResult, errno syscall.Errno) {
+	defer fh.fsys.observe("read", time.Now(), &errno)
 	n, err := fh.h.ReadAt(ctx, dest, off)
 	if err != nil && n == 0 {
 		return nil, toErrno(err)
@@ -192,13 +194,15 @@ func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 }
 
 // Write implements gofs.FileWriter.
-func (fh *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+func (fh *fileHandle) Write(ctx context.Context, data []byte, off int64) (written uint32, errno syscall.Errno) {
+	defer fh.fsys.observe("write", time.Now(), &errno)
 	n, err := fh.h.WriteAt(data, off)
 	return uint32(n), toErrno(err)
 }
 
 // Flush implements gofs.FileFlusher; it runs on every close(2).
-func (fh *fileHandle) Flush(ctx context.Context) syscall.Errno {
+func (fh *fileHandle) Flush(ctx context.Context) (errno syscall.Errno) {
+	defer fh.fsys.observe("flush", time.Now(), &errno)
 	return toErrno(fh.h.Flush(ctx))
 }
 
@@ -209,7 +213,8 @@ func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
 }
 
 // Fsync implements gofs.FileFsyncer: data and journal durable on disk.
-func (fh *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+func (fh *fileHandle) Fsync(ctx context.Context, flags uint32) (errno syscall.Errno) {
+	defer fh.fsys.observe("fsync", time.Now(), &errno)
 	return toErrno(fh.h.Sync(ctx))
 }
 

@@ -31,6 +31,9 @@ type Options struct {
 	FsName string
 	// DisablePassthrough serves all reads and writes through the daemon.
 	DisablePassthrough bool
+	// Observe, when set, is called after each FUSE operation served by the
+	// daemon with its name, latency and result (for metrics).
+	Observe func(op string, d time.Duration, errno syscall.Errno)
 }
 
 // FS is one mounted file system.
@@ -118,6 +121,16 @@ func (f *FS) probePassthrough(srv *fuse.Server) {
 	srv.UnregisterBackingFd(id)
 	f.passthrough.Store(true)
 	f.log.Info("FUSE passthrough enabled: cached files are read and written by the kernel directly")
+}
+
+// observe reports one operation; use as defer f.observe("op", time.Now(), &errno).
+func (f *FS) observe(op string, start time.Time, errno *syscall.Errno) {
+	if f.o.Observe != nil {
+		f.o.Observe(op, time.Since(start), *errno)
+	}
+	if *errno == syscall.EIO {
+		f.log.Debug("fuse op failed", "op", op, "errno", *errno)
+	}
 }
 
 // Passthrough reports whether FUSE passthrough is in use.

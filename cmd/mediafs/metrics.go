@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,8 +26,25 @@ func (m *metricsServer) Close() { m.srv.Close() }
 // readyBacklog is the pending-upload count above which /readyz fails.
 const readyBacklog = 10000
 
+// opLatency is the FUSE operation latency histogram; fs reports into it
+// through fs.Options.Observe.
+var opLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	Namespace: "mediafs", Name: "fuse_op_duration_seconds",
+	Help:    "Latency of FUSE operations served by the daemon (passthrough reads and writes never reach it).",
+	Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+}, []string{"op", "result"})
+
+func observeOp(op string, d time.Duration, errno syscall.Errno) {
+	res := "ok"
+	if errno != 0 {
+		res = errno.Error()
+	}
+	opLatency.WithLabelValues(op, res).Observe(d.Seconds())
+}
+
 func startMetrics(addr string, c *cache.Cache, fsys *fs.FS, st *backend.S3, mnt string, log *slog.Logger) (*metricsServer, error) {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(opLatency)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s := c.StatsRef()
 	counter := func(name, help string, f func() int64) {
@@ -58,6 +76,13 @@ func startMetrics(addr string, c *cache.Cache, fsys *fs.FS, st *backend.S3, mnt 
 		}
 		return time.Since(s.OldestSince).Seconds()
 	})
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "mediafs", Name: "backend_up",
+		Help: "0 while the object store is failing as unavailable."}, func() float64 {
+		if c.BackendDown() {
+			return 0
+		}
+		return 1
+	}))
 	gauge("cache_bytes", "Bytes of clean cached data.", func(s cache.Status) float64 { return float64(s.CachedBytes) })
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "mediafs", Name: "passthrough",
 		Help: "1 when FUSE passthrough is in use."}, func() float64 {

@@ -182,9 +182,13 @@ func runMount(args []string) error {
 	if err != nil {
 		return err
 	}
-	fsys := fs.New(fs.Options{Cache: c, Logger: log, AllowOther: cfg.allowOther,
+	fo := fs.Options{Cache: c, Logger: log, AllowOther: cfg.allowOther,
 		Debug: cfg.debugFuse, FsName: bucket + "/" + prefix, DisablePassthrough: cfg.noPassthrough,
-		EntryTimeout: time.Second, AttrTimeout: time.Second, NegativeTimeout: 500 * time.Millisecond})
+		EntryTimeout: time.Second, AttrTimeout: time.Second, NegativeTimeout: 500 * time.Millisecond}
+	if cfg.metricsAddr != "" {
+		fo.Observe = observeOp
+	}
+	fsys := fs.New(fo)
 	srv, err := fsys.Mount(mnt)
 	if err != nil {
 		c.Close()
