@@ -247,8 +247,14 @@ func (c *Cache) record(key string) (Record, bool, error) {
 	return r, ok, err
 }
 
+// opCtx bounds a backend call made for a file system op. The call does not
+// end when the FUSE request is interrupted (ctx done): the Go runtime's
+// preemption signals, and any signal a program handles, interrupt requests
+// routinely; the call may also serve other callers (a shared listing). As
+// with libfuse's default, an interrupt is not an error: the op completes
+// within OpTimeout.
 func (c *Cache) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, c.o.OpTimeout)
+	return context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout)
 }
 
 // dropData removes a data file no record refers to any more, or marks the
@@ -259,8 +265,8 @@ func (c *Cache) dropData(id uint64) {
 	}
 	c.mu.Lock()
 	for _, it := range c.items {
-		if it.id == id {
-			it.dropOnClose = true
+		if it.id.Load() == id {
+			it.dropOnClose.Store(true)
 			c.mu.Unlock()
 			return
 		}

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,16 +40,16 @@ type Item struct {
 	c *Cache
 	// mu guards the fields below.
 	mu          chanMutex
-	key         string // "" once unlinked
-	id          uint64
+	key         string        // "" once unlinked
+	id          atomic.Uint64 // data file; read without mu by dropData
 	f           *os.File
 	refs        int
 	writers     int
 	attr        Attr
 	base        string // ETag the data was fetched at ("" if new)
 	excl        bool
-	dirtyData   bool // changed since the last journal write
-	dropOnClose bool
+	dirtyData   bool        // changed since the last journal write
+	dropOnClose atomic.Bool // set by dropData: remove the file on last close
 	removed     bool
 	// blocks is set while the data file holds only some blocks.
 	blocks *blockMap
@@ -133,7 +134,7 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 			if err := c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(it.key)) }); err != nil {
 				return nil, err
 			}
-			c.lru.forget(it.id)
+			c.lru.forget(it.id.Load())
 		}
 		it.writers++
 		h.counted = true
@@ -151,7 +152,7 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 		c.stats.CacheHits.Add(1)
 	}
 	h.stat0 = stamp(it.f)
-	c.lru.touch(it.id)
+	c.lru.touch(it.id.Load())
 	return h, nil
 }
 
@@ -183,7 +184,8 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 		if err != nil {
 			return fmt.Errorf("pending data of %s: %w", key, err)
 		}
-		it.f, it.id, it.attr, it.base, it.excl = f, rec.DataID, rec.Attr, rec.BaseETag, rec.Excl
+		it.f, it.attr, it.base, it.excl = f, rec.Attr, rec.BaseETag, rec.Excl
+		it.id.Store(rec.DataID)
 		return nil
 	case hasRec && rec.Op == OpCopy:
 		// Renamed or re-attributed, not copied yet: the bytes are at Src.
@@ -214,7 +216,8 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 	if hasClean && cl.ETag == e.ETag && cl.Size == e.Size {
 		f, err := os.OpenFile(c.dataPath(cl.DataID), os.O_RDWR, 0)
 		if err == nil {
-			it.f, it.id, it.attr, it.base = f, cl.DataID, e.Attr, e.ETag
+			it.f, it.attr, it.base = f, e.Attr, e.ETag
+			it.id.Store(cl.DataID)
 			if cl.Partial {
 				var have []bool
 				if err := c.db.View(func(txn *badger.Txn) error {
@@ -275,7 +278,8 @@ func (c *Cache) newSparse(it *Item, key string, e Entry) error {
 		return err
 	}
 	c.lru.add(id, key, e.Size)
-	it.f, it.id, it.attr, it.base = f, id, e.Attr, e.ETag
+	it.f, it.attr, it.base = f, e.Attr, e.ETag
+	it.id.Store(id)
 	it.blocks = newBlockMap(c, key, e.ETag, e.Size, id, f, nil)
 	return nil
 }
@@ -289,7 +293,8 @@ func (c *Cache) newData(it *Item, a Attr, base string, created bool) error {
 	if err != nil {
 		return fmt.Errorf("cache file: %w", err)
 	}
-	it.f, it.id, it.attr, it.base = f, id, a, base
+	it.f, it.attr, it.base = f, a, base
+	it.id.Store(id)
 	if created {
 		it.dirtyData = true
 	}
@@ -311,7 +316,8 @@ func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) e
 	if err != nil {
 		return fmt.Errorf("cache file: %w", err)
 	}
-	octx, cancel := context.WithTimeout(ctx, c.o.OpTimeout+time.Duration(e.Size>>20)*time.Second)
+	// Not ended by a FUSE interrupt (see opCtx).
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout+time.Duration(e.Size>>20)*time.Second)
 	defer cancel()
 	r, err := c.st.Get(octx, src, e.ETag, 0, -1)
 	if err == nil {
@@ -338,7 +344,8 @@ func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) e
 		return err
 	}
 	c.lru.add(id, src, e.Size)
-	it.f, it.id, it.attr, it.base = f, id, e.Attr, e.ETag
+	it.f, it.attr, it.base = f, e.Attr, e.ETag
+	it.id.Store(id)
 	return nil
 }
 
@@ -361,9 +368,9 @@ func (c *Cache) unref(it *Item) {
 		it.f.Close()
 		it.f = nil
 	}
-	if it.dropOnClose || it.removed {
-		c.lru.forget(it.id)
-		os.Remove(c.dataPath(it.id))
+	if it.dropOnClose.Load() || it.removed {
+		c.lru.forget(it.id.Load())
+		os.Remove(c.dataPath(it.id.Load()))
 	}
 }
 
@@ -475,11 +482,11 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 		if err != nil {
 			return err
 		}
-		r := Record{Op: OpPut, DataID: it.id, Size: size, Attr: a, BaseETag: it.base, Excl: it.excl, Gen: 1}
+		r := Record{Op: OpPut, DataID: it.id.Load(), Size: size, Attr: a, BaseETag: it.base, Excl: it.excl, Gen: 1}
 		if ok {
 			r.Gen = old.Gen + 1
 			r.Since = old.Since
-			if old.Op == OpPut && old.DataID != it.id {
+			if old.Op == OpPut && old.DataID != it.id.Load() {
 				oldData = old.DataID
 			}
 		}

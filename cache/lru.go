@@ -171,7 +171,7 @@ func (c *Cache) isOpen(id uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, it := range c.items {
-		if it.id == id {
+		if it.id.Load() == id {
 			return true
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -26,14 +27,14 @@ const maxRenameEntries = 5000
 // Create makes a new empty file open for writing. Its journal record is
 // written at once, so the name is visible in listings before close.
 func (c *Cache) Create(ctx context.Context, key string, a Attr, excl bool) (*Handle, error) {
-	c.mu.Lock()
-	if old := c.items[key]; old != nil {
-		// An open file of the same name that is no longer in the
-		// namespace (replaced): detach it.
-		delete(c.items, key)
-		old.removed = true
+	// An open file of the same name is no longer in the namespace
+	// (created over): detach it.
+	its, err := c.lockItems(ctx, func(k string) bool { return k == key })
+	if err != nil {
+		return nil, err
 	}
-	c.mu.Unlock()
+	c.detachLocked(its, key)
+	unlockItems(its)
 	h, err := c.Open(ctx, key, Entry{}, OpenFlags{Write: true, Create: true, Excl: excl, Attr: a})
 	if err != nil {
 		return nil, err
@@ -67,8 +68,8 @@ func (c *Cache) Create(ctx context.Context, key string, a Attr, excl bool) (*Han
 // upload's If-None-Match turns a lost race into a conflict copy.
 func (c *Cache) claim(ctx context.Context, it *Item, a Attr) error {
 	md := metaFromAttr(a)
-	md[metaUploadTag] = fmt.Sprintf("%s/%x/0", c.o.Host, it.id)
-	octx, cancel := context.WithTimeout(ctx, c.o.ClaimTimeout)
+	md[metaUploadTag] = fmt.Sprintf("%s/%x/0", c.o.Host, it.id.Load())
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.ClaimTimeout) // see opCtx
 	defer cancel()
 	obj, err := c.st.Put(octx, it.key, emptyReader{}, 0, backend.PutOptions{
 		ContentType: contentType(it.key, false), Metadata: md, IfNoneMatch: true})
@@ -88,10 +89,42 @@ func (c *Cache) claim(ctx context.Context, it *Item, a Attr) error {
 	return err
 }
 
+// lockItems locks the open items whose keys match, in key order, so a
+// close racing with a rename or unlink cannot journal under a stale name.
+func (c *Cache) lockItems(ctx context.Context, match func(string) bool) ([]*Item, error) {
+	c.mu.Lock()
+	var its []*Item
+	for k, it := range c.items {
+		if match(k) {
+			its = append(its, it)
+		}
+	}
+	c.mu.Unlock()
+	sort.Slice(its, func(i, j int) bool { return its[i].key < its[j].key })
+	for i, it := range its {
+		if err := it.mu.LockCtx(ctx); err != nil {
+			unlockItems(its[:i])
+			return nil, err
+		}
+	}
+	return its, nil
+}
+
+func unlockItems(its []*Item) {
+	for _, it := range its {
+		it.mu.Unlock()
+	}
+}
+
 // Remove unlinks a file (or a symlink).
 func (c *Cache) Remove(ctx context.Context, key string) error {
+	its, err := c.lockItems(ctx, func(k string) bool { return k == key })
+	if err != nil {
+		return err
+	}
+	defer unlockItems(its)
 	var drop []uint64
-	err := c.update(func(txn *badger.Txn) error {
+	err = c.update(func(txn *badger.Txn) error {
 		drop = drop[:0]
 		old, ok, err := getRecord(txn, key)
 		if err != nil {
@@ -121,7 +154,7 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("journal unlink %s: %w", key, err)
 	}
-	c.detach(key)
+	c.detachLocked(its, key)
 	for _, id := range drop {
 		c.dropData(id)
 	}
@@ -129,19 +162,20 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 	return nil
 }
 
-// detach marks an open item as no longer in the namespace.
-func (c *Cache) detach(key string) {
-	c.mu.Lock()
-	it := c.items[key]
-	if it != nil {
-		delete(c.items, key)
-	}
-	c.mu.Unlock()
-	if it != nil {
-		it.mu.Lock()
+// detachLocked marks the locked items of key as no longer in the
+// namespace (unlinked or replaced).
+func (c *Cache) detachLocked(its []*Item, key string) {
+	for _, it := range its {
+		if it.key != key {
+			continue
+		}
+		c.mu.Lock()
+		if c.items[key] == it {
+			delete(c.items, key)
+		}
+		c.mu.Unlock()
 		it.removed = true
 		it.key = ""
-		it.mu.Unlock()
 	}
 }
 
@@ -359,15 +393,20 @@ func (c *Cache) Rename(ctx context.Context, oldKey, newKey string, oldEntry Entr
 	if IsDirKey(oldKey) {
 		return c.renameDir(ctx, oldKey, newKey)
 	}
+	its, err := c.lockItems(ctx, func(k string) bool { return k == oldKey || k == newKey })
+	if err != nil {
+		return err
+	}
+	defer unlockItems(its)
 	var drop []uint64
-	err := c.update(func(txn *badger.Txn) error {
+	err = c.update(func(txn *badger.Txn) error {
 		drop = drop[:0]
 		return c.renameKeyTxn(txn, oldKey, newKey, &oldEntry, &drop)
 	})
 	if err != nil {
 		return err
 	}
-	c.rekey(oldKey, newKey)
+	c.rekeyLocked(its, oldKey, newKey)
 	for _, id := range drop {
 		c.dropData(id)
 	}
@@ -458,26 +497,31 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 	}
 }
 
-// rekey moves open items to their new names after a rename.
-func (c *Cache) rekey(oldKey, newKey string) {
-	c.detach(newKey)
-	c.mu.Lock()
-	var moved []*Item
-	for k, it := range c.items {
-		if k == oldKey || (IsDirKey(oldKey) && strings.HasPrefix(k, oldKey)) {
-			delete(c.items, k)
-			moved = append(moved, it)
+// rekeyLocked moves the locked open items to their new names after a
+// rename; items already at the target names are detached (replaced).
+func (c *Cache) rekeyLocked(its []*Item, oldKey, newKey string) {
+	moves := func(k string) bool {
+		return k == oldKey || (IsDirKey(oldKey) && strings.HasPrefix(k, oldKey))
+	}
+	for _, it := range its {
+		if !moves(it.key) && (it.key == newKey || (IsDirKey(newKey) && strings.HasPrefix(it.key, newKey))) {
+			c.detachLocked([]*Item{it}, it.key)
 		}
 	}
-	for _, it := range moved {
-		it.mu.Lock()
+	for _, it := range its {
+		if it.key == "" || !moves(it.key) {
+			continue
+		}
 		nk := newKey + strings.TrimPrefix(it.key, oldKey)
+		c.mu.Lock()
+		if c.items[it.key] == it {
+			delete(c.items, it.key)
+		}
+		c.items[nk] = it
+		c.mu.Unlock()
 		it.key = nk
 		it.base, it.excl = "", false
-		it.mu.Unlock()
-		c.items[nk] = it
 	}
-	c.mu.Unlock()
 }
 
 func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
@@ -511,6 +555,11 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 	if len(objs)+len(pendingKeys) > maxRenameEntries {
 		return syscall.EXDEV
 	}
+	its, err := c.lockItems(ctx, func(k string) bool { return strings.HasPrefix(k, oldDir) || strings.HasPrefix(k, newDir) })
+	if err != nil {
+		return err
+	}
+	defer unlockItems(its)
 	var drop []uint64
 	err = c.update(func(txn *badger.Txn) error {
 		drop = drop[:0]
@@ -556,7 +605,7 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 	if err != nil {
 		return fmt.Errorf("journal rename %s: %w", oldDir, err)
 	}
-	c.rekey(oldDir, newDir)
+	c.rekeyLocked(its, oldDir, newDir)
 	for _, id := range drop {
 		c.dropData(id)
 	}

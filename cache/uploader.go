@@ -587,7 +587,7 @@ func (c *Cache) rebase(key string, id uint64, etag string) {
 		return
 	}
 	it.mu.Lock()
-	if it.id == id && it.key == key {
+	if it.id.Load() == id && it.key == key {
 		it.base, it.excl = etag, false
 	}
 	it.mu.Unlock()
