@@ -48,6 +48,9 @@ type Options struct {
 	// LocalExcl makes O_EXCL creates exclusive on this machine only, with
 	// no claim object written at create time (see Cache.claim).
 	LocalExcl bool
+	// SpaceWait is how long a writer waits for cache disk space (uploads
+	// making room) before it gets ENOSPC.
+	SpaceWait time.Duration
 	// ClaimTimeout bounds the claim of an O_EXCL create; past it the
 	// create proceeds as exclusive on this machine only.
 	ClaimTimeout time.Duration
@@ -105,6 +108,9 @@ func Open(o Options) (*Cache, error) {
 	}
 	if o.WritebackMaxWait <= 0 {
 		o.WritebackMaxWait = time.Minute
+	}
+	if o.SpaceWait <= 0 {
+		o.SpaceWait = 30 * time.Second
 	}
 	if o.ClaimTimeout <= 0 {
 		o.ClaimTimeout = 5 * time.Second

@@ -88,6 +88,11 @@ type OpenFlags struct {
 // Open opens key for reading or writing. e is the entry the file system
 // looked up (ignored with Create).
 func (c *Cache) Open(ctx context.Context, key string, e Entry, fl OpenFlags) (*Handle, error) {
+	if fl.Write {
+		if err := c.EnsureSpace(ctx); err != nil {
+			return nil, err
+		}
+	}
 	c.mu.Lock()
 	it := c.items[key]
 	if it == nil {

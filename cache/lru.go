@@ -120,19 +120,35 @@ func (l *lru) usage() (int64, int) {
 	return l.total, len(l.files)
 }
 
-// evict removes least recently used clean files until under the cap. Files
-// held open are skipped; their c/ record is dropped only if it still names
-// the file.
-func (l *lru) evict() {
-	limit := l.c.o.CacheSize
-	if limit <= 0 {
-		return
+// evictBytes evicts clean files until n bytes are freed; it reports
+// whether it freed anything.
+func (l *lru) evictBytes(n int64) bool {
+	l.mu.Lock()
+	target := l.total - n
+	l.mu.Unlock()
+	if target < 0 {
+		target = 0
 	}
+	return l.evictTo(target) > 0
+}
+
+// evict removes least recently used clean files until under the cap.
+func (l *lru) evict() {
+	if limit := l.c.o.CacheSize; limit > 0 {
+		l.evictTo(limit)
+	}
+}
+
+// evictTo removes least recently used clean files until they total at
+// most limit bytes, and returns how many it removed. Files held open are
+// skipped; a c/ record is dropped only if it still names the file.
+func (l *lru) evictTo(limit int64) int {
+	removed := 0
 	for {
 		l.mu.Lock()
 		if l.total <= limit {
 			l.mu.Unlock()
-			return
+			return removed
 		}
 		var victim uint64
 		var vf *lruFile
@@ -146,7 +162,7 @@ func (l *lru) evict() {
 		}
 		if vf == nil {
 			l.mu.Unlock()
-			return
+			return removed
 		}
 		delete(l.files, victim)
 		l.total -= vf.size
@@ -156,6 +172,11 @@ func (l *lru) evict() {
 			if err != nil || !ok || cl.DataID != victim {
 				return err
 			}
+			if cl.Partial {
+				if err := txn.Delete(bKey(victim)); err != nil {
+					return err
+				}
+			}
 			return txn.Delete(cKey(vf.key))
 		})
 		if err != nil {
@@ -164,6 +185,7 @@ func (l *lru) evict() {
 		}
 		os.Remove(l.c.dataPath(victim))
 		l.c.stats.Evictions.Add(1)
+		removed++
 	}
 }
 

@@ -26,7 +26,7 @@ type mountConfig struct {
 	uid, gid                                     uint
 	fileMode, dirMode                            modeFlag
 	dirTTL, wbDelay, wbMaxWait, drainTimeout     time.Duration
-	opTimeout, reqTimeout                        time.Duration
+	opTimeout, reqTimeout, spaceWait             time.Duration
 	uploadConc                                   int
 	upload                                       string
 	cacheSize                                    sizeFlag
@@ -56,6 +56,7 @@ func mountFlags(cfg *mountConfig) *flag.FlagSet {
 	fset.DurationVar(&cfg.opTimeout, "op-timeout", 30*time.Second, "bound on a backend call made for a file system operation")
 	fset.DurationVar(&cfg.reqTimeout, "request-timeout", 15*time.Second, "a request that makes no progress for this long is retried")
 	fset.IntVar(&cfg.uploadConc, "upload-concurrency", 16, "parallel uploads")
+	fset.DurationVar(&cfg.spaceWait, "cache-full-wait", 30*time.Second, "when the cache disk is full of data not yet uploaded, how long a new writer waits before ENOSPC")
 	fset.StringVar(&cfg.excl, "excl", "claim", "O_EXCL creates: claim (exclusive across machines: an empty object is written at create) or local (exclusive on this machine; cheaper for tar -x)")
 	fset.StringVar(&cfg.upload, "upload", "writeback", "writeback: close returns once data is safe locally; close: once it is in the bucket")
 	cfg.cacheSize.percent = 0
@@ -177,7 +178,7 @@ func runMount(args []string) error {
 		DirTTL: cfg.dirTTL, WritebackDelay: cfg.wbDelay, WritebackMaxWait: cfg.wbMaxWait,
 		UploadConcurrency: cfg.uploadConc, UploadOnClose: cfg.upload == "close",
 		OpTimeout: cfg.opTimeout, CacheSize: cfg.cacheSize.resolve(cfg.cacheDir), Host: host,
-		LocalExcl: cfg.excl == "local",
+		LocalExcl: cfg.excl == "local", SpaceWait: cfg.spaceWait,
 	})
 	if err != nil {
 		return err

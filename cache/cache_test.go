@@ -1,0 +1,897 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mediafs/mediafs/backend"
+	"github.com/mediafs/mediafs/backend/backendtest"
+)
+
+// never is a write-back delay no test waits for: uploads happen only when
+// the test drains the queue.
+const never = time.Hour
+
+// testEnv is one cache over an in-memory store.
+type testEnv struct {
+	t   *testing.T
+	dir string
+	mem *backendtest.Mem
+	st  backend.Store // what the cache talks to: mem, or a wrapper of it
+	o   Options
+	c   *Cache
+	log *syncBuffer
+}
+
+// syncBuffer collects the cache's log; it is shown only if the test fails
+// (a logger writing to t after the test ended would panic).
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// newEnv opens a cache with a short write-back delay unless opt changes
+// it. The cache is closed when the test ends.
+func newEnv(t *testing.T, opt func(*Options)) *testEnv {
+	t.Helper()
+	e := &testEnv{t: t, dir: t.TempDir(), mem: backendtest.NewMem(), log: &syncBuffer{}}
+	e.st = e.mem
+	e.o = Options{
+		Logger:            slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Defaults:          Defaults{UID: 1000, GID: 1000, FileMode: 0o644, DirMode: 0o755},
+		DirTTL:            time.Minute,
+		WritebackDelay:    10 * time.Millisecond,
+		UploadConcurrency: 4,
+		OpTimeout:         10 * time.Second,
+		Host:              "testhost",
+	}
+	if opt != nil {
+		opt(&e.o)
+	}
+	t.Cleanup(func() {
+		if e.c != nil {
+			e.c.Close()
+		}
+		if t.Failed() {
+			t.Logf("cache log:\n%s", e.log.String())
+		}
+	})
+	e.open()
+	return e
+}
+
+// open opens the cache in the env's directory (again, after close).
+func (e *testEnv) open() {
+	e.t.Helper()
+	o := e.o
+	o.Dir, o.Store = e.dir, e.st
+	c, err := Open(o)
+	if err != nil {
+		e.t.Fatalf("cache.Open: %v", err)
+	}
+	e.c = c
+}
+
+func (e *testEnv) close() {
+	e.t.Helper()
+	if err := e.c.Close(); err != nil {
+		e.t.Fatalf("cache.Close: %v", err)
+	}
+	e.c = nil
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var fileAttr = Attr{Mode: syscall.S_IFREG | 0o640, UID: 501, GID: 20, Mtime: time.Unix(1700000000, 0)}
+
+// create creates key, writes data and closes it (flush, then release),
+// as `echo data > key` does.
+func (e *testEnv) create(key, data string) {
+	e.t.Helper()
+	h := e.createOpen(key)
+	e.write(h, data, 0)
+	e.closeHandle(h)
+}
+
+func (e *testEnv) createOpen(key string) *Handle {
+	e.t.Helper()
+	h, err := e.c.Create(ctxT(e.t), key, fileAttr, false)
+	if err != nil {
+		e.t.Fatalf("create %s: %v", key, err)
+	}
+	return h
+}
+
+func (e *testEnv) write(h *Handle, data string, off int64) {
+	e.t.Helper()
+	if _, err := h.WriteAt([]byte(data), off); err != nil {
+		e.t.Fatalf("write: %v", err)
+	}
+}
+
+func (e *testEnv) closeHandle(h *Handle) {
+	e.t.Helper()
+	if err := h.Flush(ctxT(e.t)); err != nil {
+		e.t.Fatalf("flush: %v", err)
+	}
+	h.Release()
+}
+
+// rewrite opens an existing key with O_TRUNC and writes data.
+func (e *testEnv) rewrite(key, data string) {
+	e.t.Helper()
+	ent := e.lookup(key)
+	h, err := e.c.Open(ctxT(e.t), key, ent, OpenFlags{Write: true, Trunc: true})
+	if err != nil {
+		e.t.Fatalf("open %s for writing: %v", key, err)
+	}
+	e.write(h, data, 0)
+	e.closeHandle(h)
+}
+
+// read opens key for reading and returns its bytes.
+func (e *testEnv) read(key string) string {
+	e.t.Helper()
+	ent := e.lookup(key)
+	h, err := e.c.Open(ctxT(e.t), key, ent, OpenFlags{})
+	if err != nil {
+		e.t.Fatalf("open %s: %v", key, err)
+	}
+	defer h.Release()
+	p := make([]byte, ent.Size+1)
+	n, err := h.ReadAt(ctxT(e.t), p, 0)
+	if err != nil {
+		e.t.Fatalf("read %s: %v", key, err)
+	}
+	return string(p[:n])
+}
+
+func (e *testEnv) lookup(key string) Entry {
+	e.t.Helper()
+	ent, err := e.c.Lookup(ctxT(e.t), key)
+	if err != nil {
+		e.t.Fatalf("lookup %s: %v", key, err)
+	}
+	return ent
+}
+
+// drain uploads everything and fails the test if anything is left.
+func (e *testEnv) drain() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if left, bytes := e.c.Drain(ctx); left != 0 {
+		e.t.Fatalf("drain left %d records (%d bytes)", left, bytes)
+	}
+}
+
+func (e *testEnv) pending() int {
+	e.t.Helper()
+	st, err := e.c.Status()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st.Pending
+}
+
+// stored returns the bytes of key in the bucket, failing if it is absent.
+func (e *testEnv) stored(key string) (backend.Object, string) {
+	e.t.Helper()
+	o, data, ok := e.mem.Object(key)
+	if !ok {
+		e.t.Fatalf("%s is not in the bucket (keys: %q)", key, e.mem.Keys())
+	}
+	return o, string(data)
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// mutations are the calls that change the bucket, in order.
+func mutations(m *backendtest.Mem) []backendtest.Call {
+	var out []backendtest.Call
+	for _, c := range m.History() {
+		switch c.Method {
+		case backendtest.Put, backendtest.Copy, backendtest.Delete:
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func names(ents []Entry) []string {
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestClosedFileIsUploadedWithBytesMetadataAndType(t *testing.T) {
+	tests := []struct {
+		key, data, contentType string
+	}{
+		{"photo.jpg", "\xff\xd8jpeg", "image/jpeg"},
+		{"Holiday.PNG", "png", "image/png"},
+		{"dir/clip.mp4", "mp4 bytes", "video/mp4"},
+		{"notes.txt", "hello\n", "text/plain; charset=utf-8"},
+		{"no-extension", "raw", "application/octet-stream"},
+		{"empty.json", "", "application/json"},
+	}
+	e := newEnv(t, nil)
+	mtime := time.Unix(1700000000, 123456789)
+	for _, tt := range tests {
+		h := e.createOpen(tt.key)
+		e.write(h, tt.data, 0)
+		// cp -p: the data, then the times.
+		if _, err := e.c.SetAttr(ctxT(t), tt.key, h.Entry(), AttrChange{Mtime: &mtime}); err != nil {
+			t.Fatalf("set mtime of %s: %v", tt.key, err)
+		}
+		e.closeHandle(h)
+	}
+	e.drain()
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			o, data := e.stored(tt.key)
+			if data != tt.data {
+				t.Errorf("bucket holds %q, want %q", data, tt.data)
+			}
+			if o.ContentType != tt.contentType {
+				t.Errorf("Content-Type = %q, want %q", o.ContentType, tt.contentType)
+			}
+			want := map[string]string{
+				backend.MetaMode:  strconv.Itoa(syscall.S_IFREG | 0o640),
+				backend.MetaUID:   "501",
+				backend.MetaGID:   "20",
+				backend.MetaMtime: "1700000000", // whole seconds, as s3fs writes
+			}
+			for k, v := range want {
+				if o.Metadata[k] != v {
+					t.Errorf("metadata %s = %q, want %q (all: %v)", k, o.Metadata[k], v, o.Metadata)
+				}
+			}
+			a := attrFromMeta(o.Metadata, false, o.LastModified, e.o.Defaults)
+			if !a.Mtime.Equal(mtime) {
+				t.Errorf("mtime read back = %v, want %v", a.Mtime, mtime)
+			}
+		})
+	}
+	if n := e.mem.Calls()[backendtest.Put]; n != len(tests) {
+		t.Errorf("%d puts for %d files", n, len(tests))
+	}
+	if p := e.pending(); p != 0 {
+		t.Errorf("%d records pending after the uploads", p)
+	}
+}
+
+func TestUploadedFileReadsBackFromCacheAndBucket(t *testing.T) {
+	e := newEnv(t, nil)
+	e.create("a.txt", "local bytes")
+	e.drain()
+	if got := e.read("a.txt"); got != "local bytes" {
+		t.Errorf("read after upload = %q", got)
+	}
+	if n := e.mem.Calls()[backendtest.Get]; n != 0 {
+		t.Errorf("reading a file just uploaded from here made %d GETs; the data file is the clean copy", n)
+	}
+	e.mem.Set("remote.txt", []byte("from elsewhere"), "", nil)
+	if got := e.read("remote.txt"); got != "from elsewhere" {
+		t.Errorf("read of a remote object = %q", got)
+	}
+}
+
+func TestRewritesDuringDelayCoalesceIntoOnePut(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = 2 * time.Second })
+	e.create("movie.mp4", "v1")
+	e.rewrite("movie.mp4", "version 2")
+	e.rewrite("movie.mp4", "v3")
+	if n := e.mem.Calls()[backendtest.Put]; n != 0 {
+		t.Fatalf("%d puts before the write-back delay passed", n)
+	}
+	waitFor(t, 20*time.Second, "the upload", func() bool { return e.pending() == 0 })
+	if _, data := e.stored("movie.mp4"); data != "v3" {
+		t.Errorf("bucket holds %q, want the last version v3", data)
+	}
+	if n := e.mem.Calls()[backendtest.Put]; n != 1 {
+		t.Errorf("%d puts for three writes within the delay, want 1", n)
+	}
+}
+
+func TestPendingUploadSurvivesRestart(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+	e.create("a/one.txt", "first")
+	e.create("two.bin", "second")
+	if err := e.c.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	if n := e.mem.Calls()[backendtest.Put]; n != 0 {
+		t.Fatalf("%d puts before the restart", n)
+	}
+
+	// The next start replays the journal without waiting for the delay.
+	e.open()
+	waitFor(t, 20*time.Second, "the replayed uploads", func() bool { return e.pending() == 0 })
+	for key, want := range map[string]string{"a/one.txt": "first", "two.bin": "second"} {
+		if _, data := e.stored(key); data != want {
+			t.Errorf("%s = %q after restart, want %q", key, data, want)
+		}
+	}
+	if got := e.read("a/one.txt"); got != "first" {
+		t.Errorf("read after restart = %q", got)
+	}
+}
+
+func TestStoreDownRetriesAndLosesNothing(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = 0 })
+	e.mem.SetDown(true)
+	want := map[string]string{"a.txt": "alpha", "d/b.txt": "beta", "c.jpg": "gamma"}
+	for k, v := range want {
+		e.create(k, v)
+	}
+	waitFor(t, 20*time.Second, "upload attempts", func() bool {
+		return e.mem.Calls()[backendtest.Put] >= 2*len(want)
+	})
+	if keys := e.mem.Keys(); len(keys) != 0 {
+		t.Fatalf("bucket holds %q while down", keys)
+	}
+	if p := e.pending(); p != len(want) {
+		t.Fatalf("%d records pending while down, want %d", p, len(want))
+	}
+	if e.c.StatsRef().UploadFailures.Load() == 0 {
+		t.Error("no upload failures counted")
+	}
+	// Still readable from the cache while down.
+	if got := e.read("d/b.txt"); got != "beta" {
+		t.Errorf("read while down = %q", got)
+	}
+
+	e.mem.SetDown(false)
+	e.drain()
+	for k, v := range want {
+		if _, data := e.stored(k); data != v {
+			t.Errorf("%s = %q, want %q", k, data, v)
+		}
+	}
+}
+
+func TestDrainWithDeadlineReturnsWhatIsLeft(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+	e.mem.SetDown(true)
+	e.create("a", "12345")
+	e.create("b", "123")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	left, bytes := e.c.Drain(ctx)
+	if left != 2 || bytes != 8 {
+		t.Errorf("Drain = %d records, %d bytes; want 2, 8", left, bytes)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Drain with a 300ms deadline took %v", d)
+	}
+	e.mem.SetDown(false)
+	e.drain()
+}
+
+func TestUploadOnCloseFlushWaitsForTheBucket(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.UploadOnClose = true; o.WritebackDelay = never })
+	h := e.createOpen("sync.txt")
+	e.write(h, "now", 0)
+	if err := h.Flush(ctxT(t)); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if _, data := e.stored("sync.txt"); data != "now" {
+		t.Errorf("bucket holds %q when Flush returned", data)
+	}
+	h.Release()
+
+	e.mem.SetDown(true)
+	h = e.createOpen("down.txt")
+	e.write(h, "x", 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := h.Flush(ctx); !errors.Is(err, backend.ErrUnavailable) {
+		t.Errorf("flush with the store down = %v, want ErrUnavailable", err)
+	}
+	h.Release()
+	e.mem.SetDown(false)
+	e.drain()
+	if _, data := e.stored("down.txt"); data != "x" {
+		t.Errorf("down.txt = %q after the store came back", data)
+	}
+}
+
+func TestRenameOfPendingFileUploadsOnlyTheNewKey(t *testing.T) {
+	tests := []struct {
+		name string
+		// renameWhileOpen renames between two writes of one handle.
+		renameWhileOpen bool
+	}{
+		{"closed", false},
+		{"still open", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+			h := e.createOpen("draft.txt")
+			e.write(h, "hello", 0)
+			if !tt.renameWhileOpen {
+				e.closeHandle(h)
+			}
+			if err := e.c.Rename(ctxT(t), "draft.txt", "final.txt", e.lookup("draft.txt")); err != nil {
+				t.Fatalf("rename: %v", err)
+			}
+			if tt.renameWhileOpen {
+				e.write(h, " world", 5)
+				e.closeHandle(h)
+			}
+			if _, err := e.c.Lookup(ctxT(t), "draft.txt"); !errors.Is(err, ErrNotExist) {
+				t.Errorf("lookup of the old name = %v, want ErrNotExist", err)
+			}
+			e.drain()
+			want := "hello"
+			if tt.renameWhileOpen {
+				want = "hello world"
+			}
+			if _, data := e.stored("final.txt"); data != want {
+				t.Errorf("final.txt = %q, want %q", data, want)
+			}
+			if keys := e.mem.Keys(); !slices.Equal(keys, []string{"final.txt"}) {
+				t.Errorf("bucket keys = %q, want only final.txt", keys)
+			}
+			for _, c := range mutations(e.mem) {
+				if c.Key == "draft.txt" || c.Src == "draft.txt" {
+					t.Errorf("the old name reached the bucket: %+v", c)
+				}
+			}
+		})
+	}
+}
+
+func TestRenameOfUploadedFileCopiesBeforeDeleting(t *testing.T) {
+	e := newEnv(t, nil)
+	md := map[string]string{backend.MetaMode: strconv.Itoa(syscall.S_IFREG | 0o600), backend.MetaUID: "7"}
+	e.mem.Set("old.jpg", []byte("picture"), "image/jpeg", md)
+	// The first copies fail: the source must survive them.
+	var copies int
+	var mu sync.Mutex
+	e.mem.SetHook(func(_ context.Context, c backendtest.Call) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if c.Method == backendtest.Copy {
+			if copies++; copies <= 3 {
+				return fmt.Errorf("%w: injected", backend.ErrUnavailable)
+			}
+		}
+		return nil
+	})
+	if err := e.c.Rename(ctxT(t), "old.jpg", "new.jpg", e.lookup("old.jpg")); err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	if got := e.read("new.jpg"); got != "picture" {
+		t.Errorf("read of the new name before the copy = %q", got)
+	}
+	e.drain()
+
+	if keys := e.mem.Keys(); !slices.Equal(keys, []string{"new.jpg"}) {
+		t.Fatalf("bucket keys = %q, want only new.jpg", keys)
+	}
+	o, data := e.stored("new.jpg")
+	if data != "picture" || o.Metadata[backend.MetaMode] != md[backend.MetaMode] || o.Metadata[backend.MetaUID] != "7" {
+		t.Errorf("new.jpg = %q %v, want the old bytes and attributes", data, o.Metadata)
+	}
+	copied := false
+	for _, c := range mutations(e.mem) {
+		switch {
+		case c.Method == backendtest.Copy && c.Src == "old.jpg" && c.Key == "new.jpg" && c.Err == nil:
+			copied = true
+		case c.Method == backendtest.Delete && c.Key == "old.jpg" && !copied:
+			t.Fatalf("old.jpg deleted before its copy existed: %+v", mutations(e.mem))
+		case c.Method == backendtest.Put:
+			t.Errorf("a rename of an uploaded file re-uploaded its bytes: %+v", c)
+		}
+	}
+	if !copied {
+		t.Error("no successful copy")
+	}
+}
+
+func TestRenameOfDirectoryMovesEveryKey(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+	for _, k := range []string{"d/x.txt", "d/sub/y.txt", "d/sub/deeper/z.txt", "other/keep.txt", "d-sibling.txt"} {
+		e.mem.Set(k, []byte("data of "+k), "", nil)
+	}
+	e.create("d/new.txt", "pending")
+	if err := e.c.Rename(ctxT(t), "d/", "e/", e.lookup("d")); err != nil {
+		t.Fatalf("rename d/ e/: %v", err)
+	}
+
+	// Before any upload, the namespace already shows the move.
+	ents, err := e.c.List(ctxT(t), "e/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(ents), []string{"new.txt", "sub", "x.txt"}; !slices.Equal(got, want) {
+		t.Errorf("ls e = %q, want %q", got, want)
+	}
+	if got := e.read("e/sub/deeper/z.txt"); got != "data of d/sub/deeper/z.txt" {
+		t.Errorf("read e/sub/deeper/z.txt = %q", got)
+	}
+	ents, err = e.c.List(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(ents), []string{"d-sibling.txt", "e", "other"}; !slices.Equal(got, want) {
+		t.Errorf("ls / after mv d e = %q, want %q", got, want)
+	}
+	if _, err := e.c.Lookup(ctxT(t), "d"); !errors.Is(err, ErrNotExist) {
+		t.Errorf("lookup d after mv d e = %v, want ErrNotExist", err)
+	}
+
+	e.drain()
+	want := []string{"d-sibling.txt", "e/", "e/new.txt", "e/sub/deeper/z.txt", "e/sub/y.txt", "e/x.txt", "other/keep.txt"}
+	if keys := e.mem.Keys(); !slices.Equal(keys, want) {
+		t.Errorf("bucket keys = %q, want %q", keys, want)
+	}
+	if _, data := e.stored("e/sub/y.txt"); data != "data of d/sub/y.txt" {
+		t.Errorf("e/sub/y.txt = %q", data)
+	}
+	if _, data := e.stored("e/new.txt"); data != "pending" {
+		t.Errorf("e/new.txt = %q", data)
+	}
+	for _, c := range mutations(e.mem) {
+		if c.Method == backendtest.Put && c.Key == "d/new.txt" {
+			t.Errorf("the pending file was uploaded under its old name")
+		}
+	}
+}
+
+func TestUnlinkOfNeverUploadedFileMakesNoCalls(t *testing.T) {
+	tests := []struct {
+		name      string
+		whileOpen bool
+	}{
+		{"closed", false},
+		{"still open", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+			h := e.createOpen("tmp.swp")
+			e.write(h, "scratch", 0)
+			if !tt.whileOpen {
+				e.closeHandle(h)
+			}
+			if err := e.c.Remove(ctxT(t), "tmp.swp"); err != nil {
+				t.Fatalf("remove: %v", err)
+			}
+			if tt.whileOpen {
+				e.write(h, "more", 7) // an unlinked open file stays writable
+				e.closeHandle(h)
+			}
+			e.drain()
+			if m := mutations(e.mem); len(m) != 0 {
+				t.Errorf("bucket calls for a file that never reached it: %+v", m)
+			}
+			if _, err := e.c.Lookup(ctxT(t), "tmp.swp"); !errors.Is(err, ErrNotExist) {
+				t.Errorf("lookup after unlink = %v, want ErrNotExist", err)
+			}
+		})
+	}
+}
+
+func TestUnlinkOfUploadedFileDeletesIt(t *testing.T) {
+	e := newEnv(t, nil)
+	e.create("a.txt", "v")
+	e.drain()
+	if err := e.c.Remove(ctxT(t), "a.txt"); err != nil {
+		t.Fatal(err)
+	}
+	e.drain()
+	if keys := e.mem.Keys(); len(keys) != 0 {
+		t.Errorf("bucket keys after unlink = %q", keys)
+	}
+}
+
+// TestUnlinkAfterRecreateDeletesTheOriginal is rm, create, rm of a name the
+// bucket holds, all before the uploader gets to it (editors do this with
+// swap and backup files): the bucket's object must go.
+func TestUnlinkAfterRecreateDeletesTheOriginal(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+	e.mem.Set("notes.txt", []byte("old"), "", nil)
+	e.lookup("notes.txt")
+	if err := e.c.Remove(ctxT(t), "notes.txt"); err != nil {
+		t.Fatal(err)
+	}
+	e.create("notes.txt", "new")
+	if err := e.c.Remove(ctxT(t), "notes.txt"); err != nil {
+		t.Fatal(err)
+	}
+	e.drain()
+	if keys := e.mem.Keys(); len(keys) != 0 {
+		t.Errorf("bucket keys = %q after rm, create, rm; want none", keys)
+	}
+	e.c.InvalidateDir("")
+	if _, err := e.c.Lookup(ctxT(t), "notes.txt"); !errors.Is(err, ErrNotExist) {
+		t.Errorf("lookup = %v, want ErrNotExist", err)
+	}
+}
+
+func TestSetAttrOnUploadedObjectIsMetadataOnlyCopy(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+	e.mem.Set("x.jpg", []byte("jpeg"), "image/jpeg", map[string]string{
+		backend.MetaMode: strconv.Itoa(syscall.S_IFREG | 0o644), backend.MetaUID: "1", backend.MetaGID: "2",
+		backend.MetaMtime: "1600000000",
+	})
+	mode, uid := uint32(0o600), uint32(42)
+	got, err := e.c.SetAttr(ctxT(t), "x.jpg", e.lookup("x.jpg"), AttrChange{Mode: &mode, UID: &uid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Attr.Mode != syscall.S_IFREG|0o600 || got.Attr.UID != 42 || got.Attr.GID != 2 {
+		t.Errorf("SetAttr returned %+v", got.Attr)
+	}
+	if l := e.lookup("x.jpg"); l.Attr.Mode != syscall.S_IFREG|0o600 || !l.Pending {
+		t.Errorf("lookup before upload = %+v, want the new mode, pending", l)
+	}
+	e.drain()
+	calls := e.mem.Calls()
+	if calls[backendtest.Copy] != 1 || calls[backendtest.Put] != 0 || calls[backendtest.Get] != 0 {
+		t.Errorf("calls = %v, want one copy and no put or get", calls)
+	}
+	o, data := e.stored("x.jpg")
+	if data != "jpeg" || o.ContentType != "image/jpeg" {
+		t.Errorf("x.jpg = %q %q after chmod", data, o.ContentType)
+	}
+	for k, v := range map[string]string{
+		backend.MetaMode: strconv.Itoa(syscall.S_IFREG | 0o600), backend.MetaUID: "42",
+		backend.MetaGID: "2", backend.MetaMtime: "1600000000",
+	} {
+		if o.Metadata[k] != v {
+			t.Errorf("metadata %s = %q, want %q", k, o.Metadata[k], v)
+		}
+	}
+}
+
+func TestListShowsPendingCreatesAndHidesPendingDeletes(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+	for _, k := range []string{"a.txt", "b.txt", "sub/c.txt"} {
+		e.mem.Set(k, []byte(k), "", nil)
+	}
+	e.create("new.txt", "fresh")
+	e.create("newdir/inner.txt", "deep")
+	if err := e.c.Mkdir(ctxT(t), "empty/", Attr{Mode: syscall.S_IFDIR | 0o700}); err != nil {
+		t.Fatal(err)
+	}
+	e.lookup("b.txt")
+	if err := e.c.Remove(ctxT(t), "b.txt"); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := e.c.List(ctxT(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(ents), []string{"a.txt", "empty", "new.txt", "newdir", "sub"}; !slices.Equal(got, want) {
+		t.Errorf("ls = %q, want %q", got, want)
+	}
+	for _, ent := range ents {
+		switch ent.Name {
+		case "new.txt":
+			if !ent.Pending || ent.Size != 5 || ent.Dir {
+				t.Errorf("new.txt = %+v, want a pending 5-byte file", ent)
+			}
+		case "newdir", "empty", "sub":
+			if !ent.Dir {
+				t.Errorf("%s is not a directory: %+v", ent.Name, ent)
+			}
+		}
+	}
+	if _, err := e.c.Lookup(ctxT(t), "b.txt"); !errors.Is(err, ErrNotExist) {
+		t.Errorf("lookup of a pending delete = %v, want ErrNotExist", err)
+	}
+	if l := e.lookup("newdir"); !l.Dir {
+		t.Errorf("lookup newdir = %+v, want a directory", l)
+	}
+	if n := e.mem.Calls()[backendtest.List]; n != 1 {
+		t.Errorf("%d LISTs of the root within the TTL, want 1", n)
+	}
+}
+
+// slowList holds the answer of a List that was computed before an upload
+// finished and is delivered after it.
+type slowList struct {
+	*backendtest.Mem
+	mu      sync.Mutex
+	hold    bool
+	fetched chan struct{}
+	release chan struct{}
+}
+
+func (s *slowList) List(ctx context.Context, prefix string) (backend.Listing, error) {
+	l, err := s.Mem.List(ctx, prefix)
+	s.mu.Lock()
+	hold := s.hold
+	s.hold = false
+	s.mu.Unlock()
+	if hold {
+		close(s.fetched)
+		<-s.release
+	}
+	return l, err
+}
+
+func TestLookupAfterUploadFindsFileDespiteOlderListing(t *testing.T) {
+	t.Run("listing cached before the upload", func(t *testing.T) {
+		e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+		e.create("f.txt", "data")
+		if ents, err := e.c.List(ctxT(t), ""); err != nil || len(ents) != 1 {
+			t.Fatalf("ls before upload = %v, %v", ents, err)
+		}
+		e.drain()
+		if l := e.lookup("f.txt"); l.Pending || l.Size != 4 {
+			t.Errorf("lookup after upload = %+v", l)
+		}
+		ents, err := e.c.List(ctxT(t), "")
+		if err != nil || !slices.Equal(names(ents), []string{"f.txt"}) {
+			t.Errorf("ls after upload = %q, %v", names(ents), err)
+		}
+	})
+	t.Run("listing in flight during the upload", func(t *testing.T) {
+		mem := backendtest.NewMem()
+		sl := &slowList{Mem: mem, hold: true, fetched: make(chan struct{}), release: make(chan struct{})}
+		e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+		e.close()
+		e.mem, e.st = mem, sl
+		e.open()
+		e.create("f.txt", "data")
+		listed := make(chan []Entry, 1)
+		go func() {
+			ents, _ := e.c.List(context.Background(), "")
+			listed <- ents
+		}()
+		<-sl.fetched // the bucket answered without f.txt ...
+		e.drain()    // ... then the upload finished ...
+		close(sl.release)
+		<-listed // ... and the old answer arrived.
+		if _, _, ok := e.mem.Object("f.txt"); !ok {
+			t.Fatal("f.txt not uploaded")
+		}
+		if l, err := e.c.Lookup(ctxT(t), "f.txt"); err != nil || l.Size != 4 {
+			t.Errorf("lookup after upload = %+v, %v; want the file", l, err)
+		}
+		ents, err := e.c.List(ctxT(t), "")
+		if err != nil || !slices.Equal(names(ents), []string{"f.txt"}) {
+			t.Errorf("ls after upload = %q, %v", names(ents), err)
+		}
+	})
+}
+
+func TestEvictionNeverRemovesDirtyData(t *testing.T) {
+	const size = 4096
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never; o.CacheSize = 3 * size })
+	dirty := map[string]string{}
+	for i := range 4 {
+		k := fmt.Sprintf("dirty-%d.bin", i)
+		dirty[k] = string(bytes.Repeat([]byte{byte('a' + i)}, size))
+		e.create(k, dirty[k])
+	}
+	for i := range 8 {
+		k := fmt.Sprintf("clean-%d.bin", i)
+		e.mem.Set(k, bytes.Repeat([]byte{byte('0' + i)}, size), "", nil)
+		if got := e.read(k); len(got) != size {
+			t.Fatalf("read %s: %d bytes", k, len(got))
+		}
+	}
+	if e.c.StatsRef().Evictions.Load() == 0 {
+		t.Error("no evictions with 8 clean files over a 3-file cap")
+	}
+	if st, _ := e.c.Status(); st.CachedBytes > e.o.CacheSize {
+		t.Errorf("cached bytes %d over the cap %d", st.CachedBytes, e.o.CacheSize)
+	}
+	for k, v := range dirty {
+		if got := e.read(k); got != v {
+			t.Errorf("%s reads %d bytes after eviction, want its %d dirty bytes", k, len(got), len(v))
+		}
+	}
+	e.drain()
+	for k, v := range dirty {
+		if _, data := e.stored(k); data != v {
+			t.Errorf("%s uploaded as %d bytes, want %d", k, len(data), len(v))
+		}
+	}
+}
+
+// TestAppendToObjectLargerThanCacheKeepsData opens a bucket object for
+// appending when the cache cap is smaller than the object: the fetched
+// data file must survive the eviction the fetch triggers.
+func TestAppendToObjectLargerThanCacheKeepsData(t *testing.T) {
+	const size = 8192
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = never; o.CacheSize = 1024 })
+	orig := bytes.Repeat([]byte("x"), size)
+	e.mem.Set("log.txt", orig, "", nil)
+	h, err := e.c.Open(ctxT(t), "log.txt", e.lookup("log.txt"), OpenFlags{Write: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.write(h, "tail", size)
+	e.closeHandle(h)
+	e.drain()
+	if _, data := e.stored("log.txt"); data != string(orig)+"tail" {
+		t.Errorf("log.txt is %d bytes after appending 4 to %d", len(data), size)
+	}
+}
+
+func TestConcurrentWritersAndUploadsAreSafe(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = 0; o.CacheSize = 16 << 10 })
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 10 {
+				k := fmt.Sprintf("w%d/f%d.txt", w, i%3)
+				ent, err := e.c.Lookup(context.Background(), k)
+				var h *Handle
+				if err == nil {
+					h, err = e.c.Open(context.Background(), k, ent, OpenFlags{Write: true, Trunc: true})
+				} else {
+					h, err = e.c.Create(context.Background(), k, fileAttr, false)
+				}
+				if err != nil {
+					t.Errorf("open %s: %v", k, err)
+					continue
+				}
+				h.WriteAt([]byte(fmt.Sprintf("%s v%d", k, i)), 0)
+				h.Flush(context.Background())
+				h.Release()
+				e.c.List(context.Background(), fmt.Sprintf("w%d/", w))
+			}
+		})
+	}
+	wg.Wait()
+	e.drain()
+	for w := range 4 {
+		for i := range 3 {
+			k := fmt.Sprintf("w%d/f%d.txt", w, i)
+			last := 9 - (9-i)%3
+			if _, data := e.stored(k); data != fmt.Sprintf("%s v%d", k, last) {
+				t.Errorf("%s = %q, want its last write v%d", k, data, last)
+			}
+		}
+	}
+}
