@@ -1,7 +1,9 @@
 package cache
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -140,6 +142,21 @@ func Open(o Options) (*Cache, error) {
 		db.Close()
 		return nil, fmt.Errorf("journal sequence: %w", err)
 	}
+	if crashed, err := c.markRunning(); err != nil {
+		c.seq.Release()
+		db.Close()
+		return nil, err
+	} else if crashed {
+		// The machine went down while we ran: cached clean data was never
+		// fsynced and may be torn. It can be fetched again; drop it.
+		n, err := c.dropAllClean()
+		if err != nil {
+			c.seq.Release()
+			db.Close()
+			return nil, err
+		}
+		c.log.Warn("the machine restarted while mediafs was running; dropped cached clean data (pending uploads are kept)", "files", n)
+	}
 	c.lru = newLRU(c)
 	if err := c.lru.load(); err != nil {
 		c.seq.Release()
@@ -181,7 +198,67 @@ func (c *Cache) Close() error {
 	}
 	c.mu.Unlock()
 	c.seq.Release()
-	return c.db.Close()
+	err := c.db.Close()
+	if err == nil {
+		os.Remove(filepath.Join(c.o.Dir, "running"))
+	}
+	return err
+}
+
+// markRunning writes <dir>/running with the boot id. It reports whether a
+// previous run on an earlier boot never closed (a power loss or reboot
+// while mounted), as opposed to a daemon crash on this boot, which loses
+// nothing the kernel had.
+func (c *Cache) markRunning() (bool, error) {
+	path := filepath.Join(c.o.Dir, "running")
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	prev, err := os.ReadFile(path)
+	crashed := err == nil && len(boot) > 0 && string(prev) != string(boot)
+	if err := os.WriteFile(path, boot, 0o600); err != nil {
+		return false, fmt.Errorf("cache dir: %w", err)
+	}
+	return crashed, nil
+}
+
+// dropAllClean removes every clean cached file and its records.
+func (c *Cache) dropAllClean() (int, error) {
+	var keys [][]byte
+	var ids []uint64
+	err := c.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.DefaultIteratorOptions)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().KeyCopy(nil)
+			switch {
+			case bytes.HasPrefix(k, []byte("c/")):
+				var cl Clean
+				if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &cl) }); err == nil {
+					ids = append(ids, cl.DataID)
+				}
+				keys = append(keys, k)
+			case bytes.HasPrefix(k, []byte("b/")):
+				keys = append(keys, k)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	wb := c.db.NewWriteBatch()
+	for _, k := range keys {
+		if err := wb.Delete(k); err != nil {
+			wb.Cancel()
+			return 0, err
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return 0, err
+	}
+	for _, id := range ids {
+		os.Remove(c.dataPath(id))
+	}
+	return len(ids), nil
 }
 
 // Sync makes the journal durable on disk.

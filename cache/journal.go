@@ -189,7 +189,9 @@ func openDB(dir string, logf func(string, ...any)) (*badger.DB, error) {
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
 		WithNumCompactors(2).
-		WithDetectConflicts(false)
+		// Read-modify-write of one key's record (a close racing with the
+		// uploader's finish) must retry, not lose an update.
+		WithDetectConflicts(true)
 	db, err := badger.Open(opts)
 	if err != nil {
 		if isLockErr(err) {

@@ -413,7 +413,7 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 
 func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duration, error) {
 	c := u.c
-	_, err := c.st.Copy(ctx, r.Src, key, r.SrcSize, backend.PutOptions{
+	obj, err := c.st.Copy(ctx, r.Src, key, r.SrcSize, backend.PutOptions{
 		ContentType: contentType(key, r.Symlink),
 		Metadata:    metaFromAttr(r.Attr),
 	})
@@ -428,6 +428,11 @@ func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duratio
 	c.stats.Copies.Add(1)
 	done, err := u.finish(key, r, nil)
 	if done {
+		// Like an upload, the copy is noted as this mount's own change:
+		// otherwise an earlier upload's note (with the old attributes)
+		// would override the listing and undo a chmod for a while.
+		e := Entry{Key: key, Name: baseName(key), Size: r.SrcSize, Attr: r.Attr, ETag: obj.ETag, Symlink: r.Symlink}
+		c.noteRemote(key, &e)
 		c.InvalidateDir(parentDir(key))
 		if r.Src != key {
 			u.enqueue(r.Src, 0) // its delete was waiting for this copy
