@@ -215,8 +215,10 @@ func runMount(args []string) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	served := make(chan struct{})
 	go func() { srv.Wait(); close(served) }()
+	signalled := false
 	select {
 	case s := <-sigs:
+		signalled = true
 		log.Info("signal: unmounting and draining the upload queue", "signal", s.String(), "deadline", cfg.drainTimeout)
 		sdNotify("STOPPING=1")
 		unmount(srv, mnt, log)
@@ -226,12 +228,24 @@ func runMount(args []string) error {
 	<-served
 	dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	go func() {
-		// A second signal stops the drain at once.
-		select {
-		case <-sigs:
-			dcancel()
-		case <-dctx.Done():
+		// A second signal stops the drain at once. When the mount was
+		// unmounted first (umount, systemd stopping a .mount unit), the
+		// first signal only says so: the drain goes on.
+		need := 1
+		if !signalled {
+			need = 2
 		}
+		for i := 0; i < need; i++ {
+			select {
+			case <-sigs:
+				if i+1 < need {
+					log.Info("draining the upload queue; send the signal again to stop now")
+				}
+			case <-dctx.Done():
+				return
+			}
+		}
+		dcancel()
 	}()
 	left, bytes := c.Drain(dctx)
 	dcancel()
