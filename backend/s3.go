@@ -422,6 +422,11 @@ func (s *S3) Put(ctx context.Context, key string, r io.ReaderAt, size int64, o P
 		if wd.fired() {
 			return Object{}, fmt.Errorf("put %s: stalled: %w", key, ErrUnavailable)
 		}
+		if o.IfMatch != "" && minio.ToErrorResponse(err).Code == "NoSuchKey" {
+			// S3 and MinIO answer If-Match on a missing key with 404; for
+			// the Store contract every failed condition is a conflict.
+			return Object{}, fmt.Errorf("put %s: %w: no object to match", key, ErrConflict)
+		}
 		return Object{}, fmt.Errorf("put %s: %w", key, mapErr(err))
 	}
 	return Object{Key: key, Size: info.Size, ETag: strings.Trim(info.ETag, `"`),

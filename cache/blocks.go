@@ -23,6 +23,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -59,7 +60,17 @@ type blockMap struct {
 	order     []int
 	punched   uint64
 	punchedAt map[int]uint64
+	// failAt and failErr remember the last fetch that failed because the
+	// store is unreachable (see failFast).
+	failAt  time.Time
+	failErr error
 }
+
+// failFast: while the store is down, a read of a missing block within
+// this long of a failed fetch fails at once instead of waiting out
+// another op timeout. The kernel retries a failed read itself, and a
+// read(2) must fail within one op timeout, not two.
+const failFast = 2 * time.Second
 
 type blockFetch struct {
 	done chan struct{}
@@ -169,6 +180,14 @@ func (m *blockMap) readOnce(ctx context.Context, p []byte, off int64, first, las
 			continue
 		}
 		f := m.inflight[b]
+		if f == nil && m.failErr != nil && time.Since(m.failAt) < failFast && m.c.backendDown() {
+			if b > last {
+				break // no read-ahead either
+			}
+			err := m.failErr
+			m.mu.Unlock()
+			return 0, false, err
+		}
 		if f == nil {
 			f = &blockFetch{done: make(chan struct{})}
 			m.inflight[b] = f
@@ -269,6 +288,9 @@ func (m *blockMap) fetch(b int, f *blockFetch) {
 	err := m.fetchRange(off, n)
 	m.mu.Lock()
 	delete(m.inflight, b)
+	if errors.Is(err, backend.ErrUnavailable) {
+		m.failAt, m.failErr = time.Now(), err
+	}
 	if err == nil && !m.have[b] {
 		m.have[b] = true
 		m.missing--

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
+
 	"github.com/mediafs/mediafs/backend"
 	"github.com/mediafs/mediafs/backend/backendtest"
 )
@@ -187,8 +189,21 @@ func (e *testEnv) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if left, bytes := e.c.Drain(ctx); left != 0 {
-		e.t.Fatalf("drain left %d records (%d bytes)", left, bytes)
+		e.t.Fatalf("drain left %d records (%d bytes); journal:\n%s\nstore calls: %+v",
+			left, bytes, e.journal(), e.mem.History())
 	}
+}
+
+// journal describes the pending records, for failure messages.
+func (e *testEnv) journal() string {
+	var b bytes.Buffer
+	e.c.db.View(func(txn *badger.Txn) error {
+		return scanRecords(txn, "", func(k string, r Record) error {
+			fmt.Fprintf(&b, "\t%s: %+v\n", k, r)
+			return nil
+		})
+	})
+	return b.String()
 }
 
 func (e *testEnv) pending() int {
@@ -208,6 +223,13 @@ func (e *testEnv) stored(key string) (backend.Object, string) {
 		e.t.Fatalf("%s is not in the bucket (keys: %q)", key, e.mem.Keys())
 	}
 	return o, string(data)
+}
+
+// setRemote stores an object as another machine would, and drops the
+// cached listing of its directory as if its TTL had passed.
+func (e *testEnv) setRemote(key, data string) {
+	e.mem.Set(key, []byte(data), "", nil)
+	e.c.InvalidateDir(parentDir(key))
 }
 
 // waitFor polls cond until it holds or the timeout passes.
@@ -310,7 +332,7 @@ func TestUploadedFileReadsBackFromCacheAndBucket(t *testing.T) {
 	if n := e.mem.Calls()[backendtest.Get]; n != 0 {
 		t.Errorf("reading a file just uploaded from here made %d GETs; the data file is the clean copy", n)
 	}
-	e.mem.Set("remote.txt", []byte("from elsewhere"), "", nil)
+	e.setRemote("remote.txt", "from elsewhere")
 	if got := e.read("remote.txt"); got != "from elsewhere" {
 		t.Errorf("read of a remote object = %q", got)
 	}
@@ -637,6 +659,7 @@ func TestUnlinkAfterRecreateDeletesTheOriginal(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
 	e.mem.Set("notes.txt", []byte("old"), "", nil)
 	e.lookup("notes.txt")
+	e.mem.SetDown(true) // the delete cannot go out before the rest
 	if err := e.c.Remove(ctxT(t), "notes.txt"); err != nil {
 		t.Fatal(err)
 	}
@@ -644,6 +667,7 @@ func TestUnlinkAfterRecreateDeletesTheOriginal(t *testing.T) {
 	if err := e.c.Remove(ctxT(t), "notes.txt"); err != nil {
 		t.Fatal(err)
 	}
+	e.mem.SetDown(false)
 	e.drain()
 	if keys := e.mem.Keys(); len(keys) != 0 {
 		t.Errorf("bucket keys = %q after rm, create, rm; want none", keys)
@@ -814,7 +838,7 @@ func TestEvictionNeverRemovesDirtyData(t *testing.T) {
 	}
 	for i := range 8 {
 		k := fmt.Sprintf("clean-%d.bin", i)
-		e.mem.Set(k, bytes.Repeat([]byte{byte('0' + i)}, size), "", nil)
+		e.setRemote(k, string(bytes.Repeat([]byte{byte('0' + i)}, size)))
 		if got := e.read(k); len(got) != size {
 			t.Fatalf("read %s: %d bytes", k, len(got))
 		}

@@ -53,6 +53,11 @@ type Item struct {
 	removed     bool
 	// blocks is set while the data file holds only some blocks.
 	blocks *blockMap
+	// cachedIO counts open handles served through the daemon rather than
+	// by FUSE passthrough. The kernel fails with EIO an open that would
+	// put an inode in both modes at once, so while any such handle is
+	// open, new ones are served through the daemon too.
+	cachedIO int
 }
 
 // Handle is one open file description.
@@ -63,6 +68,8 @@ type Handle struct {
 	counted bool // counted in it.writers
 	stat0   fileStamp
 	blocks  *blockMap // set while the data file is partial
+	// cachedIO: served through the daemon (counted in it.cachedIO).
+	cachedIO bool
 }
 
 type fileStamp struct {
@@ -155,6 +162,10 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 		}
 	} else {
 		c.stats.CacheHits.Add(1)
+	}
+	if h.blocks != nil || it.cachedIO > 0 {
+		h.cachedIO = true
+		it.cachedIO++
 	}
 	h.stat0 = stamp(it.f)
 	c.lru.touch(it.id.Load())
@@ -282,10 +293,10 @@ func (c *Cache) newSparse(it *Item, key string, e Entry) error {
 		os.Remove(path)
 		return err
 	}
-	c.lru.add(id, key, e.Size)
 	it.f, it.attr, it.base = f, e.Attr, e.ETag
-	it.id.Store(id)
+	it.id.Store(id) // before the LRU may evict: see fetchWhole
 	it.blocks = newBlockMap(c, key, e.ETag, e.Size, id, f, nil)
+	c.lru.add(id, key, e.Size)
 	return nil
 }
 
@@ -348,9 +359,11 @@ func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) e
 		os.Remove(path)
 		return err
 	}
-	c.lru.add(id, src, e.Size)
 	it.f, it.attr, it.base = f, e.Attr, e.ETag
+	// The item names the file before the LRU may evict for it: eviction
+	// skips open files, and a writer is about to change this one.
 	it.id.Store(id)
+	c.lru.add(id, src, e.Size)
 	return nil
 }
 
@@ -382,7 +395,7 @@ func (c *Cache) unref(it *Item) {
 // Fd is the data file descriptor for FUSE passthrough; ok is false while
 // the data file is partial (the daemon fills it as it is read).
 func (h *Handle) Fd() (int, bool) {
-	if h.it == nil || h.it.f == nil || h.blocks != nil {
+	if h.it == nil || h.it.f == nil || h.blocks != nil || h.cachedIO {
 		return 0, false
 	}
 	return int(h.it.f.Fd()), true
@@ -491,6 +504,7 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 		if ok {
 			r.Gen = old.Gen + 1
 			r.Since = old.Since
+			r.InBucket = old.inBucket(it.key)
 			if old.Op == OpPut && old.DataID != it.id.Load() {
 				oldData = old.DataID
 			}
@@ -550,6 +564,9 @@ func (h *Handle) Release() {
 	it := h.it
 	it.mu.Lock()
 	key := it.key
+	if h.cachedIO {
+		it.cachedIO--
+	}
 	it.mu.Unlock()
 	h.c.unref(it)
 	if h.write {

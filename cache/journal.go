@@ -72,7 +72,12 @@ type Record struct {
 	// Symlink marks a put whose data is a symlink target.
 	Symlink bool `json:"symlink,omitempty"`
 	// Uploaded is set once some generation of this key reached the bucket.
-	Uploaded bool      `json:"uploaded,omitempty"`
+	Uploaded bool `json:"uploaded,omitempty"`
+	// InBucket is set when the bucket may hold an object under this key
+	// that the change replaces though it is based on no version of it
+	// (a create over a pending delete, say): dropping the change must
+	// still delete the object.
+	InBucket bool      `json:"inBucket,omitempty"`
 	Gen      uint64    `json:"gen"`
 	Since    time.Time `json:"since"`
 }
@@ -86,6 +91,13 @@ type Clean struct {
 	// Partial marks a sparse file filled block by block; b/<data id>
 	// holds its bitmap (see blocks.go).
 	Partial bool `json:"partial,omitempty"`
+}
+
+// inBucket reports whether, while r is the pending record of key, the
+// bucket may hold an object under key.
+func (r Record) inBucket(key string) bool {
+	return r.InBucket || r.Uploaded || r.BaseETag != "" || r.Op == OpDelete ||
+		(r.Op == OpCopy && r.Src == key)
 }
 
 func jKey(key string) []byte { return []byte("j/" + key) }

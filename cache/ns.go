@@ -67,12 +67,17 @@ func (c *Cache) Create(ctx context.Context, key string, a Attr, excl bool) (*Han
 // backend down the create stays exclusive on this machine only, and the
 // upload's If-None-Match turns a lost race into a conflict copy.
 func (c *Cache) claim(ctx context.Context, it *Item, a Attr) error {
+	if c.backendDown() {
+		// Known to be down: don't make every create wait for it to fail.
+		return nil
+	}
 	md := metaFromAttr(a)
 	md[metaUploadTag] = fmt.Sprintf("%s/%x/0", c.o.Host, it.id.Load())
-	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.ClaimTimeout) // see opCtx
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(c.o.ClaimTimeout, c.o.OpTimeout)) // see opCtx
 	defer cancel()
 	obj, err := c.st.Put(octx, it.key, emptyReader{}, 0, backend.PutOptions{
 		ContentType: contentType(it.key, false), Metadata: md, IfNoneMatch: true})
+	c.noteBackend(err)
 	switch {
 	case err == nil:
 		it.mu.Lock()
@@ -136,8 +141,8 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 			if old.Op == OpPut {
 				drop = append(drop, old.DataID)
 			}
-			if old.Op == OpPut && old.BaseETag == "" && !old.Uploaded {
-				// Never reached the bucket from here: nothing to delete.
+			if old.Op == OpPut && !old.inBucket(key) {
+				// Never reached the bucket: nothing to delete.
 				return txn.Delete(jKey(key))
 			}
 		}
@@ -249,6 +254,7 @@ func (c *Cache) Symlink(ctx context.Context, key, target string, a Attr) error {
 		r := Record{Op: OpPut, DataID: id, Size: int64(len(target)), Attr: a, Symlink: true, Gen: 1}
 		if ok {
 			r.Gen = old.Gen + 1
+			r.InBucket = old.inBucket(key)
 			if old.Op == OpPut {
 				drop = old.DataID
 			}
@@ -457,16 +463,18 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 	case okOld && rOld.Op == OpPut:
 		r := rOld
 		r.Gen, r.BaseETag, r.Excl, r.Uploaded, r.Since = gen, "", false, false, time.Time{}
+		r.InBucket = okNew && rNew.inBucket(newKey)
 		if err := putRecord(txn, newKey, r); err != nil {
 			return err
 		}
-		if rOld.BaseETag == "" && !rOld.Uploaded {
+		if !rOld.inBucket(oldKey) {
 			return txn.Delete(jKey(oldKey))
 		}
 		return setOld(Record{Op: OpDelete})
 	case okOld && rOld.Op == OpCopy:
 		r := rOld
 		r.Gen, r.Since = gen, time.Time{}
+		r.InBucket = okNew && rNew.inBucket(newKey)
 		if err := putRecord(txn, newKey, r); err != nil {
 			return err
 		}
@@ -483,13 +491,16 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 				return err
 			}
 		}
+		if rOld.InBucket {
+			return setOld(Record{Op: OpDelete}) // it replaced an object there
+		}
 		return txn.Delete(jKey(oldKey))
 	default:
 		if remote == nil || remote.Key == "" {
 			return ErrNotExist
 		}
 		r := Record{Op: OpCopy, Src: oldKey, SrcSize: remote.Size, Attr: remote.Attr, Gen: gen,
-			Symlink: remote.Symlink}
+			Symlink: remote.Symlink, InBucket: okNew && rNew.inBucket(newKey)}
 		if err := putRecord(txn, newKey, r); err != nil {
 			return err
 		}
@@ -563,6 +574,12 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 	var drop []uint64
 	err = c.update(func(txn *badger.Txn) error {
 		drop = drop[:0]
+		var oldDirGen uint64
+		if r, ok, err := getRecord(txn, oldDir); err != nil {
+			return err
+		} else if ok {
+			oldDirGen = r.Gen
+		}
 		for _, k := range pendingKeys {
 			r, ok, err := getRecord(txn, k)
 			if err != nil {
@@ -584,6 +601,16 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 			}
 			e := entryFromObject(o, c.o.Defaults)
 			if err := c.renameKeyTxn(txn, o.Key, newDir+o.Key[len(oldDir):], &e, &drop); err != nil {
+				return err
+			}
+		}
+		// The old name goes at once, though the bucket lists objects
+		// below it until their deletes are done; the uploader deletes a
+		// directory's marker only after everything below it.
+		if _, ok, err := getRecord(txn, oldDir); err != nil {
+			return err
+		} else if !ok {
+			if err := putRecord(txn, oldDir, Record{Op: OpDelete, Gen: oldDirGen + 1}); err != nil {
 				return err
 			}
 		}

@@ -59,6 +59,14 @@ func validName(seg string) string {
 // last good listing is served (and refreshed in the background), so stat
 // and ls of what the mount knows keep working during an outage.
 func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error) {
+	if c.backendDown() {
+		c.mu.Lock()
+		known := c.dirs[dirKey] != nil
+		c.mu.Unlock()
+		if ol := c.offlineListing(dirKey); !known && ol != nil {
+			return ol, nil
+		}
+	}
 	c.mu.Lock()
 	l := c.dirs[dirKey]
 	var prev *dirListing
@@ -95,6 +103,9 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 				if prev != nil && errors.Is(l.err, backend.ErrUnavailable) {
 					return prev, nil
 				}
+				if ol := c.offlineListing(dirKey); ol != nil && errors.Is(l.err, backend.ErrUnavailable) {
+					return ol, nil
+				}
 				return nil, l.err
 			}
 			return l, nil
@@ -107,9 +118,31 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 		if prev != nil && errors.Is(err, backend.ErrUnavailable) {
 			return prev, nil
 		}
+		if ol := c.offlineListing(dirKey); ol != nil && errors.Is(err, backend.ErrUnavailable) {
+			return ol, nil
+		}
 		return nil, err
 	}
 	return l, nil
+}
+
+// offlineListing stands in, while the backend is down, for the listing of
+// a directory made on this mount and not uploaded yet (nil for any other):
+// the bucket holds nothing below it this mount needs, and creating files
+// in a new directory must go on at local speed during an outage. The
+// journal's records below it are overlaid as usual.
+func (c *Cache) offlineListing(dirKey string) *dirListing {
+	if dirKey == "" || !IsDirKey(dirKey) {
+		return nil
+	}
+	r, ok, err := c.record(dirKey)
+	if err != nil || !ok || r.Op != OpPut || r.Uploaded {
+		return nil
+	}
+	now := time.Now()
+	l := &dirListing{started: now, fetched: now, entries: map[string]Entry{}, done: make(chan struct{})}
+	close(l.done)
+	return l
 }
 
 // backendDown reports whether the backend failed as unavailable recently
@@ -208,6 +241,21 @@ func (c *Cache) noteRemote(key string, e *Entry) {
 			c.dirMetas[key] = dirMeta{attr: e.Attr, at: now, found: true}
 		} else {
 			delete(c.dirMetas, key)
+		}
+		// The directory's own listing holds its marker too (dirAttr
+		// prefers it): keep it in step, or a chmod/utime uploaded after
+		// that listing was fetched would be hidden until the next one.
+		if l := c.dirs[key]; l != nil {
+			select {
+			case <-l.done:
+				if e != nil {
+					cp := *e
+					l.self = &cp
+				} else {
+					l.self = nil
+				}
+			default:
+			}
 		}
 	}
 	if l := c.dirs[parentDir(key)]; l != nil {

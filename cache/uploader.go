@@ -144,6 +144,11 @@ func (u *uploader) next() (string, bool) {
 		u.mu.Lock()
 		now := time.Now()
 		var wait time.Duration = time.Second
+		// Busy keys go back on the queue only after the scan: while
+		// draining, due times are ignored, and pushing one back at once
+		// would make this loop pick it again forever, holding u.mu.
+		var busy []dueItem
+		claimed := ""
 		for u.q.Len() > 0 {
 			top := u.q[0]
 			cur, ok := u.due[top.key]
@@ -155,21 +160,29 @@ func (u *uploader) next() (string, bool) {
 				wait = top.at.Sub(now)
 				break
 			}
+			heap.Pop(&u.q)
 			if u.busy[top.key] {
 				// Someone is uploading it; look again shortly.
-				heap.Pop(&u.q)
 				at := now.Add(200 * time.Millisecond)
 				u.due[top.key] = at
-				heap.Push(&u.q, dueItem{top.key, at})
+				busy = append(busy, dueItem{top.key, at})
 				continue
 			}
-			heap.Pop(&u.q)
 			delete(u.due, top.key)
 			u.busy[top.key] = true
-			u.mu.Unlock()
-			return top.key, true
+			claimed = top.key
+			break
+		}
+		for _, d := range busy {
+			heap.Push(&u.q, d)
+		}
+		if len(busy) > 0 {
+			wait = min(wait, 200*time.Millisecond)
 		}
 		u.mu.Unlock()
+		if claimed != "" {
+			return claimed, true
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-u.ctx.Done():
@@ -189,7 +202,13 @@ func (u *uploader) worker() {
 			return
 		}
 		retry, err := u.process(key)
-		u.c.noteBackend(err)
+		if err != nil {
+			// Success is noted where a call reached the store: process
+			// also succeeds without one (a record already gone, a delete
+			// waiting for its copy), which says nothing about the store
+			// and must not end an outage the mount knows about.
+			u.c.noteBackend(err)
+		}
 		u.mu.Lock()
 		delete(u.busy, key)
 		if err != nil {
@@ -303,14 +322,35 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 	case OpCopy:
 		return u.copy(ctx, key, r)
 	case OpDelete:
+		// A delete that must wait makes what it waits for due now: a
+		// drain ignores due times, and waiters retried ahead of the work
+		// they wait for would keep every worker busy with waiting.
+		if IsDirKey(key) {
+			// A directory's marker goes last: while records below it are
+			// pending, listings still show their objects, and the
+			// overlay hides the directory only through this record.
+			below, err := c.pendingBelow(key)
+			if err != nil {
+				return 0, err
+			}
+			if len(below) > 0 {
+				for _, k := range below {
+					u.enqueue(k, 0)
+				}
+				return time.Second, nil
+			}
+		}
 		if r.After != "" {
 			if a, ok, err := c.record(r.After); err != nil {
 				return 0, err
 			} else if ok && a.Op == OpCopy && a.Src == key {
+				u.enqueue(r.After, 0)
 				return time.Second, nil // the copy first
 			}
 		}
-		if err := c.st.Delete(ctx, key); err != nil {
+		err := c.st.Delete(ctx, key)
+		c.noteBackend(err)
+		if err != nil {
 			return 0, err
 		}
 		c.stats.Deletes.Add(1)
@@ -321,6 +361,20 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 		return 0, err
 	}
 	return 0, fmt.Errorf("journal %s: unknown op %q", key, r.Op)
+}
+
+// pendingBelow returns the keys strictly below dirKey that have a record.
+func (c *Cache) pendingBelow(dirKey string) ([]string, error) {
+	var below []string
+	err := c.db.View(func(txn *badger.Txn) error {
+		return scanRecords(txn, dirKey, func(k string, _ Record) error {
+			if k != dirKey {
+				below = append(below, k)
+			}
+			return nil
+		})
+	})
+	return below, err
 }
 
 func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration, error) {
@@ -382,6 +436,7 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 		opts.IfNoneMatch = true
 	}
 	obj, err := c.st.Put(ctx, key, body, size, opts)
+	c.noteBackend(err)
 	if errors.Is(err, backend.ErrConflict) && snapshot == "" {
 		return u.conflict(ctx, key, r, body, size, opts, tag)
 	}
@@ -401,14 +456,42 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 			cur.Since = time.Now()
 			return putRecord(txn, key, cur)
 		})
+		u.dropIfVanished(key)
 		return c.o.WritebackMaxWait, nil
 	}
 	e := Entry{Key: key, Name: baseName(key), Dir: IsDirKey(key), Size: size, Attr: a, ETag: obj.ETag, Symlink: r.Symlink}
 	done, err := u.finish(key, r, &Clean{V: recordVersion, DataID: r.DataID, ETag: obj.ETag, Size: size})
 	if done {
 		c.noteRemote(key, &e)
+	} else if err == nil {
+		u.dropIfVanished(key)
 	}
 	return 0, err
+}
+
+// dropIfVanished is called after an upload or copy to key that finish did
+// not complete. If key has no record any more, it was unlinked or renamed
+// away while the object was being written (a file never uploaded drops its
+// record instead of journaling a delete), so the object just written must
+// not stay in the bucket: its delete is journaled.
+func (u *uploader) dropIfVanished(key string) {
+	queued := false
+	err := u.c.update(func(txn *badger.Txn) error {
+		queued = false
+		_, ok, err := getRecord(txn, key)
+		if err != nil || ok {
+			return err
+		}
+		queued = true
+		return putRecord(txn, key, Record{Op: OpDelete, Gen: 1})
+	})
+	if err != nil {
+		u.c.log.Warn("journal delete of an object renamed or unlinked during its upload", "key", key, "err", err)
+		return
+	}
+	if queued {
+		u.enqueue(key, 0)
+	}
 }
 
 func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duration, error) {
@@ -417,6 +500,7 @@ func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duratio
 		ContentType: contentType(key, r.Symlink),
 		Metadata:    metaFromAttr(r.Attr),
 	})
+	c.noteBackend(err)
 	if errors.Is(err, backend.ErrNotFound) {
 		c.log.Error("copy source vanished from the bucket; rename or attribute change dropped", "key", key, "src", r.Src)
 		_, ferr := u.finish(key, r, nil)
@@ -427,6 +511,9 @@ func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duratio
 	}
 	c.stats.Copies.Add(1)
 	done, err := u.finish(key, r, nil)
+	if !done && err == nil {
+		u.dropIfVanished(key)
+	}
 	if done {
 		// Like an upload, the copy is noted as this mount's own change:
 		// otherwise an earlier upload's note (with the old attributes)

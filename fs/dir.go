@@ -33,12 +33,19 @@ var (
 // childKey is the file key of a child name.
 func (d *dirNode) childKey(name string) string { return d.dirKey() + name }
 
+// A file key may be 1024 bytes (the S3 maximum); a directory's marker
+// key is one longer, so Mkdir and a directory Rename check dirName too.
 func (d *dirNode) checkName(name string) (string, syscall.Errno) {
 	key := d.childKey(name)
-	if err := cache.CheckName(name, key+"/"); err != nil {
+	if err := cache.CheckName(name, key); err != nil {
 		return "", toErrno(err)
 	}
 	return key, 0
+}
+
+// dirName checks that key can also be a directory ("key/").
+func dirName(name, key string) syscall.Errno {
+	return toErrno(cache.CheckName(name, key+"/"))
 }
 
 // Lookup implements gofs.NodeLookuper.
@@ -123,6 +130,9 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (child *gofs.Inode, errno syscall.Errno) {
 	defer d.fsys.observe("mkdir", time.Now(), &errno)
 	key, errno := d.checkName(name)
+	if errno == 0 {
+		errno = dirName(name, key)
+	}
 	if errno != 0 {
 		return nil, errno
 	}
@@ -195,6 +205,9 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		}
 	}
 	if e.Dir {
+		if errno := dirName(newName, newKey); errno != 0 {
+			return errno
+		}
 		return toErrno(d.fsys.c.Rename(ctx, key+"/", newKey+"/", e))
 	}
 	return toErrno(d.fsys.c.Rename(ctx, key, newKey, e))

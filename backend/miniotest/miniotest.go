@@ -170,6 +170,19 @@ func (s *Server) Stop() {
 	s.stopLocked()
 }
 
+// PID returns the process id of the running server, or 0 while it is
+// stopped. Tests use it to freeze the server (SIGSTOP) and so simulate a
+// hung object store; a test that does must SIGCONT it before the test
+// ends, or Stop waits stopTimeout before it kills the frozen process.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.cmd.Process.Pid
+}
+
 // Restart starts a stopped server again on the same port, with the same
 // data and credentials, and waits until it is ready. A running server is
 // stopped first.

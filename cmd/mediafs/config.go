@@ -33,13 +33,13 @@ func applyEnvAndFile(fset *flag.FlagSet, configFile string) error {
 		env := "MEDIAFS_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok {
 			if err := f.Value.Set(v); err != nil {
-				ferr = fmt.Errorf("%s: %w", env, err)
+				ferr = fmt.Errorf("%s=%q: %w", env, v, err)
 			}
 			return
 		}
 		if v, ok := file[f.Name]; ok {
 			if err := f.Value.Set(v); err != nil {
-				ferr = fmt.Errorf("config %s: %w", f.Name, err)
+				ferr = fmt.Errorf("config file %s: %s = %q: %w", configFile, f.Name, v, err)
 			}
 		}
 	})

@@ -31,6 +31,7 @@ type statusReply struct {
 	UploadFailures int64     `json:"uploadFailures"`
 	Conflicts      int64     `json:"conflicts"`
 	SkippedKeys    int64     `json:"skippedKeys"`
+	BackendDown    bool      `json:"backendDown"`
 }
 
 func status(c *cache.Cache) (statusReply, error) {
@@ -39,7 +40,7 @@ func status(c *cache.Cache) (statusReply, error) {
 	return statusReply{Pending: s.Pending, PendingBytes: s.PendingBytes, Oldest: s.OldestSince,
 		CachedBytes: s.CachedBytes, CachedFiles: s.CachedFiles, Uploads: st.Uploads.Load(),
 		UploadFailures: st.UploadFailures.Load(), Conflicts: st.Conflicts.Load(),
-		SkippedKeys: st.SkippedKeys.Load()}, err
+		SkippedKeys: st.SkippedKeys.Load(), BackendDown: c.BackendDown()}, err
 }
 
 type control struct {
@@ -89,7 +90,11 @@ func startControl(cacheDir string, c *cache.Cache, log *slog.Logger) (*control, 
 			select {
 			case <-done:
 				s, _ := c.Status()
-				fmt.Fprintf(w, "%d %d done\n", s.Pending, s.PendingBytes)
+				state := ""
+				if s.Pending > 0 && c.BackendDown() {
+					state = " unreachable"
+				}
+				fmt.Fprintf(w, "%d %d done%s\n", s.Pending, s.PendingBytes, state)
 				_ = left
 				return
 			case <-t.C:
@@ -128,7 +133,11 @@ func runStatus(args []string) error {
 	fset := flag.NewFlagSet("status", flag.ContinueOnError)
 	dir := cacheDirFlag(fset)
 	asJSON := fset.Bool("json", false, "print JSON")
-	if err := fset.Parse(args); err != nil {
+	fset.Usage = func() {
+		fmt.Fprint(fset.Output(), "Usage: mediafs status [--cache-dir DIR] [--json]\n\nPending uploads, cache use, failures and conflicts of the mediafs running\nwith that cache dir.\n\n")
+		fset.PrintDefaults()
+	}
+	if help, err := parseArgs(fset, args); help || err != nil {
 		return err
 	}
 	resp, err := controlClient(*dir).Get("http://mediafs/status")
@@ -150,6 +159,9 @@ func runStatus(args []string) error {
 	fmt.Printf("pending uploads: %d (%s), oldest %s\ncache: %d files, %s\nuploads: %d, failures: %d, conflicts: %d, skipped keys: %d\n",
 		s.Pending, human(s.PendingBytes), age, s.CachedFiles, human(s.CachedBytes),
 		s.Uploads, s.UploadFailures, s.Conflicts, s.SkippedKeys)
+	if s.BackendDown {
+		fmt.Println("object store: unreachable (uploads are retried; see the daemon's log)")
+	}
 	return nil
 }
 
@@ -157,7 +169,11 @@ func runFlush(args []string) error {
 	fset := flag.NewFlagSet("flush", flag.ContinueOnError)
 	dir := cacheDirFlag(fset)
 	timeout := fset.Duration("timeout", time.Hour, "give up after this long")
-	if err := fset.Parse(args); err != nil {
+	fset.Usage = func() {
+		fmt.Fprint(fset.Output(), "Usage: mediafs flush [--cache-dir DIR] [--timeout D]\n\nWait until every pending change of the mediafs running with that cache dir\nis in the bucket. Exits 1 if some are still pending at the timeout.\n\n")
+		fset.PrintDefaults()
+	}
+	if help, err := parseArgs(fset, args); help || err != nil {
 		return err
 	}
 	resp, err := controlClient(*dir).Post("http://mediafs/flush?timeout="+timeout.String(), "", nil)
@@ -171,14 +187,18 @@ func runFlush(args []string) error {
 	for sc.Scan() {
 		var n int
 		var b int64
-		var done string
-		fmt.Sscan(sc.Text(), &n, &b, &done)
+		var done, state string
+		fmt.Sscan(sc.Text(), &n, &b, &done, &state)
 		if done == "done" {
 			if tty {
 				fmt.Print("\r\033[K")
 			}
 			if n > 0 {
-				return fmt.Errorf("flush timed out: %d uploads (%s) still pending", n, human(b))
+				why := ""
+				if state == "unreachable" {
+					why = "; the object store is unreachable (see the daemon's log)"
+				}
+				return fmt.Errorf("flush timed out after %v: %d uploads (%s) still pending%s", *timeout, n, human(b), why)
 			}
 			fmt.Println("all changes are in the bucket")
 			return nil

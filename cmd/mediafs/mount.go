@@ -75,6 +75,7 @@ func mountFlags(cfg *mountConfig) *flag.FlagSet {
 	fset.Usage = func() {
 		fmt.Fprintf(fset.Output(), "Usage: mediafs mount [flags] BUCKET[/PREFIX] MOUNTPOINT\n\nEvery flag can also be set as MEDIAFS_<FLAG> (e.g. MEDIAFS_CACHE_DIR) or in --config.\nPrecedence: flag > environment > config file > default.\n\n")
 		fset.PrintDefaults()
+		fmt.Fprint(fset.Output(), mountExamples)
 	}
 	return fset
 }
@@ -97,15 +98,11 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 func runMount(args []string) error {
 	var cfg mountConfig
 	fset := mountFlags(&cfg)
-	if err := fset.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if help, err := parseArgs(fset, args); help || err != nil {
 		return err
 	}
 	if fset.NArg() != 2 {
-		fset.Usage()
-		return errors.New("need BUCKET[/PREFIX] and MOUNTPOINT")
+		return usageError{errors.New("need BUCKET[/PREFIX] and MOUNTPOINT (see mediafs mount --help)")}
 	}
 	if cfg.config == "" {
 		cfg.config = os.Getenv("MEDIAFS_CONFIG")

@@ -1,0 +1,665 @@
+package main
+
+// End-to-end tests of faults: the object store down or hung under a write
+// load, the daemon killed at random moments, the cache disk full. What
+// they prove is the README's "nothing acknowledged is lost" and "uploads
+// retry for as long as the object store is down", plus the bound
+// --op-timeout puts on every operation that needs the store: it fails
+// with EIO in time, it never hangs.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Timeouts the fault tests mount with, and the bounds they enforce.
+const (
+	faultOpTimeout  = 3 * time.Second
+	faultReqTimeout = 2 * time.Second
+	// faultBound is how long an operation that needs the store may take
+	// to fail: the op timeout plus slack for a loaded machine.
+	faultBound = faultOpTimeout + 3*time.Second
+	// faultLocal is how long an operation served from the cache may take
+	// while the store is down or hung ("local speed", on a shared box).
+	faultLocal = time.Second
+)
+
+var faultTimeoutFlags = []string{"--op-timeout", faultOpTimeout.String(), "--request-timeout", faultReqTimeout.String()}
+
+// faultBytes returns n reproducible pseudo-random bytes.
+func faultBytes(seed int64, n int) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
+}
+
+// faultOps times file system operations and reports the slow ones.
+type faultOps struct {
+	mu    sync.Mutex
+	limit time.Duration
+	durs  map[string][]time.Duration
+	slow  []string
+	errs  []string
+	total int
+}
+
+func newFaultOps(limit time.Duration) *faultOps {
+	return &faultOps{limit: limit, durs: map[string][]time.Duration{}}
+}
+
+// do runs fn as operation op and records its duration; an error is
+// recorded as a failure of the op unless ok says it is expected.
+func (o *faultOps) do(op string, fn func() error) error {
+	t0 := time.Now()
+	err := fn()
+	d := time.Since(t0)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.total++
+	o.durs[op] = append(o.durs[op], d)
+	if d > o.limit {
+		o.slow = append(o.slow, fmt.Sprintf("%s took %v", op, d.Round(time.Millisecond)))
+	}
+	if err != nil {
+		o.errs = append(o.errs, fmt.Sprintf("%s: %v", op, err))
+	}
+	return err
+}
+
+// check fails the test for slow or failed ops and logs the latencies.
+func (o *faultOps) check(t *testing.T, what string) {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var names []string
+	for k := range o.durs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var sum []string
+	for _, k := range names {
+		ds := append([]time.Duration(nil), o.durs[k]...)
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		p99 := ds[(len(ds)-1)*99/100]
+		sum = append(sum, fmt.Sprintf("%s n=%d p50=%v p99=%v max=%v", k, len(ds),
+			ds[len(ds)/2].Round(time.Microsecond), p99.Round(time.Microsecond), ds[len(ds)-1].Round(time.Microsecond)))
+	}
+	t.Logf("%s: %d ops\n  %s", what, o.total, strings.Join(sum, "\n  "))
+	if len(o.slow) > 0 {
+		t.Errorf("%s: %d of %d ops took over %v, want all at local speed: %s", what, len(o.slow), o.total, o.limit,
+			strings.Join(o.slow[:min(len(o.slow), 20)], "; "))
+	}
+	if len(o.errs) > 0 {
+		t.Errorf("%s: %d ops failed: %s", what, len(o.errs), strings.Join(o.errs[:min(len(o.errs), 20)], "; "))
+	}
+}
+
+// faultBounded runs fn and waits at most bound for it. It returns fn's
+// error and how long it took, or fails the test if fn hangs.
+func faultBounded(t *testing.T, what string, bound time.Duration, fn func() error) (error, time.Duration) {
+	t.Helper()
+	type res struct {
+		err error
+		d   time.Duration
+	}
+	ch := make(chan res, 1)
+	t0 := time.Now()
+	go func() {
+		err := fn()
+		ch <- res{err, time.Since(t0)}
+	}()
+	select {
+	case r := <-ch:
+		if r.d > bound {
+			t.Errorf("%s took %v, want within %v (op timeout %v)", what, r.d, bound, faultOpTimeout)
+		}
+		return r.err, r.d
+	case <-time.After(bound + 20*time.Second):
+		t.Fatalf("%s still hangs after %v, want a result within %v", what, bound+20*time.Second, bound)
+		return nil, 0
+	}
+}
+
+// faultWantEIO checks that an operation needing the store fails with EIO
+// within the bound.
+func faultWantEIO(t *testing.T, what string, fn func() error) {
+	t.Helper()
+	err, d := faultBounded(t, what, faultBound, fn)
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("%s with the object store unreachable: %v after %v, want EIO", what, err, d)
+	} else {
+		t.Logf("%s with the object store unreachable: EIO after %v", what, d.Round(time.Millisecond))
+	}
+}
+
+// faultCheckBucket waits until the bucket holds exactly want under prefix
+// (keys and bytes; dir markers listed in dirs).
+func faultCheckBucket(t *testing.T, e *env, prefix string, want map[string][]byte, dirs []string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for k, v := range want {
+		e.waitObject(t, k, v, time.Until(deadline))
+	}
+	wantKeys := map[string]bool{}
+	for k := range want {
+		wantKeys[k] = true
+	}
+	for _, d := range dirs {
+		wantKeys[d] = true
+	}
+	for {
+		got := e.keys(t, prefix)
+		var extra, missing []string
+		gotSet := map[string]bool{}
+		for _, k := range got {
+			gotSet[k] = true
+			if !wantKeys[k] {
+				extra = append(extra, k)
+			}
+		}
+		for k := range wantKeys {
+			if !gotSet[k] {
+				missing = append(missing, k)
+			}
+		}
+		if len(extra) == 0 && len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			sort.Strings(extra)
+			sort.Strings(missing)
+			t.Fatalf("bucket under %q after %v: %d keys not expected %q, %d keys missing %q", prefix, timeout,
+				len(extra), extra[:min(len(extra), 20)], len(missing), missing[:min(len(missing), 20)])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// faultTree reads every regular file under root on a mount, keyed by its
+// path relative to root, and lists directories separately.
+func faultTree(t *testing.T, root string) (map[string][]byte, []string) {
+	t.Helper()
+	files := map[string][]byte{}
+	var dirs []string
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if fi.IsDir() {
+			if rel != "." {
+				dirs = append(dirs, rel)
+			}
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		files[rel] = b
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walking %s: %v", root, err)
+	}
+	return files, dirs
+}
+
+// faultAlive fails the test if the daemon has exited.
+func faultAlive(t *testing.T, m *mnt) {
+	t.Helper()
+	select {
+	case <-m.done:
+		t.Fatalf("mediafs exited: %v\n%s", m.exitErr, tail(m.log(), 6000))
+	default:
+	}
+}
+
+// faultLoad is a write load on one directory of a mount, with the model
+// of what every successful operation left there.
+type faultLoad struct {
+	t    *testing.T
+	m    *mnt
+	dir  string
+	ops  *faultOps
+	seed int64
+
+	mu      sync.Mutex
+	files   map[string][]byte // key -> bytes, of every acknowledged write
+	gone    map[string]bool   // keys renamed away or deleted
+	pending []string          // keys written during this load
+	n       int
+}
+
+func newFaultLoad(t *testing.T, m *mnt, dir string, ops *faultOps, seed int64) *faultLoad {
+	return &faultLoad{t: t, m: m, dir: dir, ops: ops, seed: seed, files: map[string][]byte{}, gone: map[string]bool{}}
+}
+
+// step runs one operation of the mix: create, O_EXCL create, overwrite,
+// rename of a pending file, delete, stat, listing.
+func (l *faultLoad) step(r *rand.Rand) {
+	l.mu.Lock()
+	l.n++
+	i := l.n
+	var victim string
+	if len(l.pending) > 0 {
+		victim = l.pending[r.Intn(len(l.pending))]
+	}
+	l.mu.Unlock()
+	key := fmt.Sprintf("%s/f-%04d.jpg", l.dir, i)
+	data := faultBytes(l.seed+int64(i), 1+r.Intn(200<<10))
+	switch k := r.Intn(10); {
+	case k < 4 || victim == "":
+		if l.ops.do("create+write+close", func() error { return os.WriteFile(l.m.path(key), data, 0o644) }) == nil {
+			l.add(key, data)
+		}
+	case k < 5:
+		// Django's FileSystemStorage: O_CREAT|O_EXCL, then write.
+		err := l.ops.do("excl-create+write+close", func() error {
+			f, err := os.OpenFile(l.m.path(key), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if err != nil {
+				return err
+			}
+			if _, err := f.Write(data); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		})
+		if err == nil {
+			l.add(key, data)
+		}
+	case k < 6:
+		if l.ops.do("overwrite", func() error { return os.WriteFile(l.m.path(victim), data, 0o644) }) == nil {
+			l.add(victim, data)
+		}
+	case k < 7:
+		to := fmt.Sprintf("%s/renamed-%04d.jpg", l.dir, i)
+		if l.ops.do("rename-pending", func() error { return os.Rename(l.m.path(victim), l.m.path(to)) }) == nil {
+			l.mu.Lock()
+			l.files[to] = l.files[victim]
+			delete(l.files, victim)
+			l.gone[victim] = true
+			delete(l.gone, to)
+			l.replacePending(victim, to)
+			l.mu.Unlock()
+		}
+	case k < 8:
+		if l.ops.do("unlink-pending", func() error { return os.Remove(l.m.path(victim)) }) == nil {
+			l.mu.Lock()
+			delete(l.files, victim)
+			l.gone[victim] = true
+			l.replacePending(victim, "")
+			l.mu.Unlock()
+		}
+	case k < 9:
+		l.mu.Lock()
+		want, ok := l.files[victim]
+		l.mu.Unlock()
+		err := l.ops.do("stat+read-pending", func() error {
+			b, err := os.ReadFile(l.m.path(victim))
+			if err == nil && ok && !bytes.Equal(b, want) {
+				return fmt.Errorf("%s: %d bytes that differ from the %d written", victim, len(b), len(want))
+			}
+			return err
+		})
+		_ = err
+	default:
+		l.ops.do("readdir", func() error {
+			_, err := os.ReadDir(l.m.path(l.dir))
+			return err
+		})
+	}
+}
+
+func (l *faultLoad) add(key string, data []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.files[key]; !ok {
+		l.pending = append(l.pending, key)
+	}
+	l.files[key] = data
+	delete(l.gone, key)
+}
+
+// replacePending swaps old for new ("" drops it). Caller holds l.mu.
+func (l *faultLoad) replacePending(old, new string) {
+	for i, k := range l.pending {
+		if k == old {
+			if new == "" {
+				l.pending = append(l.pending[:i], l.pending[i+1:]...)
+			} else {
+				l.pending[i] = new
+			}
+			return
+		}
+	}
+}
+
+// run steps the load until stop is closed.
+func (l *faultLoad) run(stop <-chan struct{}, seed int64) {
+	r := rand.New(rand.NewSource(seed))
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		l.step(r)
+	}
+}
+
+// faultCachedReader stats and reads files cached before the fault.
+func faultCachedReader(m *mnt, ops *faultOps, warm map[string][]byte, stop <-chan struct{}) {
+	keys := make([]string, 0, len(warm))
+	for k := range warm {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		k := keys[i%len(keys)]
+		ops.do("stat-cached", func() error {
+			fi, err := os.Stat(m.path(k))
+			if err == nil && fi.Size() != int64(len(warm[k])) {
+				return fmt.Errorf("%s: size %d, want %d", k, fi.Size(), len(warm[k]))
+			}
+			return err
+		})
+		ops.do("read-cached", func() error {
+			b, err := os.ReadFile(m.path(k))
+			if err == nil && !bytes.Equal(b, warm[k]) {
+				return fmt.Errorf("%s: %d bytes that differ from the object", k, len(b))
+			}
+			return err
+		})
+	}
+}
+
+// faultSeedWarm puts objects in the bucket and reads them through the
+// mount, so they are cached before a fault.
+func faultSeedWarm(t *testing.T, e *env, m *mnt, n int) map[string][]byte {
+	t.Helper()
+	warm := map[string][]byte{}
+	for i := 0; i < n; i++ {
+		k := fmt.Sprintf("warm/w-%02d.png", i)
+		warm[k] = faultBytes(int64(100+i), 1000+i*37_000)
+		e.putObject(t, k, warm[k], nil)
+	}
+	// One object over the whole-file limit: cached block by block.
+	warm["warm/big.mp4"] = faultBytes(199, 12<<20+12345)
+	e.putObject(t, "warm/big.mp4", warm["warm/big.mp4"], nil)
+	for k, v := range warm {
+		if b := readFile(t, m.path(k)); !bytes.Equal(b, v) {
+			t.Fatalf("%s through the mount before the fault: differs", k)
+		}
+	}
+	return warm
+}
+
+func TestFaultBackendDownUnderLoad(t *testing.T) {
+	e := newEnv(t)
+	e.putObject(t, "cold/never-read.txt", []byte("never read before the outage"), nil)
+	e.putObject(t, "cold/never-read-big.bin", faultBytes(7, 10<<20), nil)
+	e.putObject(t, "unlisted/inside.txt", []byte("in a directory never listed"), nil)
+	m := e.mount(t, faultTimeoutFlags...)
+	warm := faultSeedWarm(t, e, m, 8)
+	if err := os.Mkdir(m.path("load"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.waitObject(t, "load/", nil, 20*time.Second)
+	before := map[string][]byte{}
+	for i := 0; i < 5; i++ {
+		k := fmt.Sprintf("load/uploaded-%d.txt", i)
+		before[k] = []byte(k)
+		writeFile(t, m.path(k), before[k])
+		e.waitObject(t, k, before[k], 20*time.Second)
+	}
+	if _, err := os.ReadDir(m.path("cold")); err != nil { // names known, bytes not
+		t.Fatal(err)
+	}
+	if _, err := os.ReadDir(m.dir); err != nil { // "unlisted" is a known name
+		t.Fatal(err)
+	}
+
+	e.minio.Stop()
+	// Past the listing TTL: the first operation that asks the store finds
+	// out it is down, within the op timeout.
+	time.Sleep(1200 * time.Millisecond)
+	faultBounded(t, "the first stat after the store went down", faultBound, func() error {
+		_, err := os.Stat(m.path("load/uploaded-0.txt"))
+		return err
+	})
+	faultBounded(t, "the first listing after the store went down", faultBound, func() error {
+		_, err := os.ReadDir(m.path("load"))
+		return err
+	})
+
+	// ~20 s of load: two writers, one reader of cached files, while
+	// operations that need the store are tried beside them.
+	ops := newFaultOps(faultLocal)
+	load := newFaultLoad(t, m, "load", ops, 1000)
+	for k, v := range before {
+		load.files[k] = v
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			load.run(stop, int64(w))
+		}(w)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		faultCachedReader(m, ops, warm, stop)
+	}()
+	// A directory made during the outage, and files in it.
+	offline := map[string][]byte{}
+	if err := ops.do("mkdir", func() error { return os.Mkdir(m.path("load/newdir"), 0o755) }); err == nil {
+		for i := 0; i < 10; i++ {
+			k := fmt.Sprintf("load/newdir/n-%d.txt", i)
+			if ops.do("create-in-new-dir", func() error { return os.WriteFile(m.path(k), []byte(k), 0o644) }) == nil {
+				offline[k] = []byte(k)
+			}
+		}
+	}
+	for round := 0; round < 2; round++ {
+		faultWantEIO(t, "reading an uncached object", func() error {
+			_, err := os.ReadFile(m.path("cold/never-read.txt"))
+			return err
+		})
+		faultWantEIO(t, "reading an uncached large object", func() error {
+			f, err := os.Open(m.path("cold/never-read-big.bin"))
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.ReadAt(make([]byte, 4096), 5<<20)
+			return err
+		})
+		faultWantEIO(t, "listing a directory never listed", func() error {
+			_, err := os.ReadDir(m.path("unlisted"))
+			return err
+		})
+		time.Sleep(2 * time.Second)
+	}
+	close(stop)
+	waitCh := make(chan struct{})
+	go func() { wg.Wait(); close(waitCh) }()
+	select {
+	case <-waitCh:
+	case <-time.After(faultBound + 10*time.Second):
+		t.Fatalf("the load did not stop: an operation hangs")
+	}
+	ops.check(t, "load with the object store down")
+	faultAlive(t, m)
+
+	e.minio.Restart(t)
+	load.mu.Lock()
+	want := map[string][]byte{}
+	for k, v := range load.files {
+		want[k] = v
+	}
+	load.mu.Unlock()
+	for k, v := range offline {
+		want[k] = v
+	}
+	t.Logf("%d files under load/ to reach the bucket", len(want))
+	faultCheckBucket(t, e, "load/", want, []string{"load/", "load/newdir/"}, 60*time.Second)
+	// The mount shows the same, and what needed the store works again.
+	got, _ := faultTree(t, m.path("load"))
+	for k, v := range want {
+		if b, ok := got[strings.TrimPrefix(k, "load/")]; !ok || !bytes.Equal(b, v) {
+			t.Errorf("%s through the mount after the outage: present %v, %d bytes, want %d", k, ok, len(b), len(v))
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("the mount shows %d files under load/, want %d", len(got), len(want))
+	}
+	if b := readFile(t, m.path("cold/never-read.txt")); string(b) != "never read before the outage" {
+		t.Errorf("cold/never-read.txt after the outage: %q", b)
+	}
+	if b := readFile(t, m.path("unlisted/inside.txt")); string(b) != "in a directory never listed" {
+		t.Errorf("unlisted/inside.txt after the outage: %q", b)
+	}
+}
+
+// faultRunMount runs `mediafs mount` in the foreground with a deadline and
+// returns its combined output and error (for mounts that must fail).
+func faultRunMount(t *testing.T, e *env, timeout time.Duration, args ...string) (string, error, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binPath, append([]string{"mount"}, args...)...)
+	cmd.Env = append(cleanEnv(), e.minio.Env()...)
+	t0 := time.Now()
+	out, err := cmd.CombinedOutput()
+	return string(out), err, time.Since(t0)
+}
+
+func TestFaultMountWithAFreshCacheFailsWhileTheStoreIsDown(t *testing.T) {
+	e := newEnv(t)
+	e.minio.Stop()
+	base := t.TempDir()
+	mp := filepath.Join(base, "mnt")
+	if err := os.Mkdir(mp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err, d := faultRunMount(t, e, 60*time.Second, "--endpoint", e.minio.Endpoint, "--cache-dir", filepath.Join(base, "cache"),
+		"--request-timeout", "2s", e.bucket, mp)
+	if err == nil {
+		t.Fatalf("mount with a fresh cache dir and the store down succeeded:\n%s", out)
+	}
+	if isMounted(mp) {
+		exec.Command("fusermount3", "-uz", mp).Run()
+		t.Fatalf("the mountpoint is mounted although mediafs failed")
+	}
+	if !strings.Contains(out, "cannot reach") || !strings.Contains(out, e.minio.Endpoint) {
+		t.Errorf("mount failed after %v without saying it cannot reach %s:\n%s", d, e.minio.Endpoint, out)
+	}
+	if strings.Contains(out, e.minio.SecretKey) || strings.Contains(out, e.minio.AccessKey) {
+		t.Errorf("the error output shows the credentials")
+	}
+	if d > 20*time.Second {
+		t.Errorf("mount took %v to fail, want about the request timeout", d)
+	}
+	t.Logf("mount failed after %v: %s", d.Round(time.Millisecond), strings.TrimSpace(tail(out, 400)))
+	if _, err := os.Stat(filepath.Join(base, "cache", "db")); err == nil {
+		t.Errorf("a failed mount left a journal in the fresh cache dir: the next start would take it for a used one")
+	}
+}
+
+func TestFaultMountStartsFromAUsedCacheWhileTheStoreIsDown(t *testing.T) {
+	e := newEnv(t)
+	flags := append([]string{"--drain-timeout", "2s"}, faultTimeoutFlags...)
+	m := e.mount(t, flags...)
+	warm := faultSeedWarm(t, e, m, 4)
+	if err := os.Mkdir(m.path("docs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	uploaded := []byte("uploaded before the outage")
+	writeFile(t, m.path("docs/uploaded.txt"), uploaded)
+	e.waitObject(t, "docs/uploaded.txt", uploaded, 20*time.Second)
+
+	// The store goes away; more is written, and the daemon stops with it
+	// still pending (the drain gives up after 2s).
+	e.minio.Stop()
+	pending := map[string][]byte{}
+	for i := 0; i < 10; i++ {
+		k := fmt.Sprintf("docs/pending-%d.pdf", i)
+		pending[k] = faultBytes(int64(500+i), 30_000+i)
+		writeFile(t, m.path(k), pending[k])
+	}
+	m.stop(t)
+	if !strings.Contains(m.log(), "uploads still pending") {
+		t.Errorf("the daemon did not say it stopped with uploads pending:\n%s", tail(m.log(), 3000))
+	}
+
+	// Restart with the store still down: it mounts from the cache.
+	t0 := time.Now()
+	m.restart(t)
+	t.Logf("mounted from the used cache with the store down in %v", time.Since(t0).Round(time.Millisecond))
+	if !strings.Contains(m.log(), "starting from the local cache") {
+		t.Errorf("the daemon did not log that it starts from the local cache")
+	}
+	ops := newFaultOps(faultBound)
+	for k, v := range pending {
+		err := ops.do("read-pending", func() error {
+			b, err := os.ReadFile(m.path(k))
+			if err == nil && !bytes.Equal(b, v) {
+				return fmt.Errorf("%s differs", k)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("reading pending %s from the cache with the store down: %v", k, err)
+		}
+	}
+	for k, v := range warm {
+		err := ops.do("read-cached", func() error {
+			b, err := os.ReadFile(m.path(k))
+			if err == nil && !bytes.Equal(b, v) {
+				return fmt.Errorf("%s differs", k)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("reading cached %s with the store down after a restart: %v", k, err)
+		}
+	}
+	if _, err := os.ReadDir(m.path("docs")); err != nil {
+		t.Errorf("listing docs/ from the cache with the store down: %v", err)
+	}
+	// New writes work too.
+	more := []byte("written after the offline restart")
+	if err := ops.do("create", func() error { return os.WriteFile(m.path("docs/after-restart.txt"), more, 0o644) }); err != nil {
+		t.Errorf("writing after the offline restart: %v", err)
+	}
+	pending["docs/after-restart.txt"] = more
+	ops.check(t, "serving from the cache after an offline start")
+	faultAlive(t, m)
+
+	// The store comes back: everything pending reaches it.
+	e.minio.Restart(t)
+	pending["docs/uploaded.txt"] = uploaded
+	faultCheckBucket(t, e, "docs/", pending, []string{"docs/"}, 60*time.Second)
+}
