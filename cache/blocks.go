@@ -64,6 +64,8 @@ type blockMap struct {
 	// store is unreachable (see failFast).
 	failAt  time.Time
 	failErr error
+	// detached is set once a writer took the data file over (see detach).
+	detached bool
 }
 
 // failFast: while the store is down, a read of a missing block within
@@ -145,18 +147,51 @@ func (m *blockMap) complete() bool {
 // ReadAt serves p at off, fetching missing blocks and reading ahead for
 // sequential readers.
 func (m *blockMap) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if off >= m.size {
-		return 0, nil
-	}
-	if int64(len(p)) > m.size-off {
-		p = p[:m.size-off]
-	}
-	first, last := int(off/blockSize), int((off+int64(len(p))-1)/blockSize)
 	for {
-		n, retry, err := m.readOnce(ctx, p, off, first, last)
+		if m.isDetached() {
+			// A writer has the file: it is what it holds now, whatever
+			// its size (handles opened on the partial file read it too).
+			n, err := m.f.ReadAt(p, off)
+			if err == io.EOF {
+				err = nil
+			}
+			return n, err
+		}
+		if off >= m.size {
+			return 0, nil
+		}
+		q := p
+		if int64(len(q)) > m.size-off {
+			q = q[:m.size-off]
+		}
+		first, last := int(off/blockSize), int((off+int64(len(q))-1)/blockSize)
+		n, retry, err := m.readOnce(ctx, q, off, first, last)
 		if !retry {
 			return n, err
 		}
+	}
+}
+
+func (m *blockMap) isDetached() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.detached
+}
+
+// detach hands the data file over to a writer (after fillAll, or to be
+// truncated): no block is fetched into it any more, and the fetches in
+// flight are waited for, since they would write the old version's bytes
+// over the writer's. Handles still holding the map read the file as is.
+func (m *blockMap) detach() {
+	m.mu.Lock()
+	m.detached = true
+	var waits []*blockFetch
+	for _, f := range m.inflight {
+		waits = append(waits, f)
+	}
+	m.mu.Unlock()
+	for _, f := range waits {
+		<-f.done
 	}
 }
 
@@ -164,6 +199,10 @@ func (m *blockMap) ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 // is true when a block was punched out (budget eviction) during the read.
 func (m *blockMap) readOnce(ctx context.Context, p []byte, off int64, first, last int) (int, bool, error) {
 	m.mu.Lock()
+	if m.detached {
+		m.mu.Unlock()
+		return 0, true, nil
+	}
 	if first == m.next || first == m.next-1 {
 		m.seq++
 	} else {
@@ -209,6 +248,10 @@ func (m *blockMap) readOnce(ctx context.Context, p []byte, off int64, first, las
 		}
 	}
 	m.mu.Lock()
+	if m.detached {
+		m.mu.Unlock()
+		return 0, true, nil
+	}
 	punched := m.punched
 	for b := first; b <= last; b++ {
 		if !m.have[b] {
@@ -285,7 +328,12 @@ func (m *blockMap) fetch(b int, f *blockFetch) {
 	if off+n > m.size {
 		n = m.size - off
 	}
-	err := m.fetchRange(off, n)
+	var err error
+	if m.isDetached() {
+		err = fmt.Errorf("read %s: the cache file was taken over by a writer: %w", m.key, backend.ErrUnavailable)
+	} else {
+		err = m.fetchRange(off, n)
+	}
 	m.mu.Lock()
 	delete(m.inflight, b)
 	if errors.Is(err, backend.ErrUnavailable) {

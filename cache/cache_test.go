@@ -145,6 +145,13 @@ func (e *testEnv) closeHandle(h *Handle) {
 	h.Release()
 }
 
+func (e *testEnv) remove(key string) {
+	e.t.Helper()
+	if err := e.c.Remove(ctxT(e.t), key); err != nil {
+		e.t.Fatalf("remove %s: %v", key, err)
+	}
+}
+
 // rewrite opens an existing key with O_TRUNC and writes data.
 func (e *testEnv) rewrite(key, data string) {
 	e.t.Helper()
@@ -652,29 +659,77 @@ func TestUnlinkOfUploadedFileDeletesIt(t *testing.T) {
 	}
 }
 
-// TestUnlinkAfterRecreateDeletesTheOriginal is rm, create, rm of a name the
-// bucket holds, all before the uploader gets to it (editors do this with
-// swap and backup files): the bucket's object must go.
-func TestUnlinkAfterRecreateDeletesTheOriginal(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
-	e.mem.Set("notes.txt", []byte("old"), "", nil)
-	e.lookup("notes.txt")
-	e.mem.SetDown(true) // the delete cannot go out before the rest
-	if err := e.c.Remove(ctxT(t), "notes.txt"); err != nil {
-		t.Fatal(err)
+// TestReplacedObjectIsDeletedWhenItsReplacementGoes replaces a name the
+// bucket holds and then removes the replacement, all before the uploader
+// gets to it (editors do this with swap and backup files): the bucket's
+// object must go, though the pending change was based on no version of it.
+func TestReplacedObjectIsDeletedWhenItsReplacementGoes(t *testing.T) {
+	mode := uint32(0o600)
+	tests := []struct {
+		name string
+		// steps run with the store down; want are the bucket's keys after.
+		steps func(e *testEnv)
+		want  map[string]string
+	}{
+		{"rm, create, rm", func(e *testEnv) {
+			e.remove("notes.txt")
+			e.create("notes.txt", "new")
+			e.remove("notes.txt")
+		}, nil},
+		{"chmod, truncate, rm", func(e *testEnv) {
+			if _, err := e.c.SetAttr(ctxT(e.t), "notes.txt", e.lookup("notes.txt"), AttrChange{Mode: &mode}); err != nil {
+				e.t.Fatal(err)
+			}
+			e.rewrite("notes.txt", "new")
+			e.remove("notes.txt")
+		}, nil},
+		{"rm, create, mv away", func(e *testEnv) {
+			e.remove("notes.txt")
+			e.create("notes.txt", "new")
+			if err := e.c.Rename(ctxT(e.t), "notes.txt", "moved.txt", e.lookup("notes.txt")); err != nil {
+				e.t.Fatal(err)
+			}
+		}, map[string]string{"moved.txt": "new"}},
+		{"save through a rename over it, rm", func(e *testEnv) {
+			e.create(".notes.txt.tmp", "new")
+			if err := e.c.Rename(ctxT(e.t), ".notes.txt.tmp", "notes.txt", e.lookup(".notes.txt.tmp")); err != nil {
+				e.t.Fatal(err)
+			}
+			e.remove("notes.txt")
+		}, nil},
+		{"rm, symlink, rm", func(e *testEnv) {
+			e.remove("notes.txt")
+			if err := e.c.Symlink(ctxT(e.t), "notes.txt", "target", fileAttr); err != nil {
+				e.t.Fatal(err)
+			}
+			e.remove("notes.txt")
+		}, nil},
 	}
-	e.create("notes.txt", "new")
-	if err := e.c.Remove(ctxT(t), "notes.txt"); err != nil {
-		t.Fatal(err)
-	}
-	e.mem.SetDown(false)
-	e.drain()
-	if keys := e.mem.Keys(); len(keys) != 0 {
-		t.Errorf("bucket keys = %q after rm, create, rm; want none", keys)
-	}
-	e.c.InvalidateDir("")
-	if _, err := e.c.Lookup(ctxT(t), "notes.txt"); !errors.Is(err, ErrNotExist) {
-		t.Errorf("lookup = %v, want ErrNotExist", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.WritebackDelay = never })
+			e.mem.Set("notes.txt", []byte("old"), "", nil)
+			e.lookup("notes.txt")
+			e.mem.SetDown(true) // nothing goes out before the last step
+			tt.steps(e)
+			e.mem.SetDown(false)
+			e.drain()
+			var keys []string
+			for k, v := range tt.want {
+				keys = append(keys, k)
+				if _, data := e.stored(k); data != v {
+					t.Errorf("%s = %q, want %q", k, data, v)
+				}
+			}
+			sort.Strings(keys)
+			if got := e.mem.Keys(); !slices.Equal(got, keys) {
+				t.Errorf("bucket keys = %q, want %q", got, keys)
+			}
+			e.c.InvalidateDir("")
+			if _, err := e.c.Lookup(ctxT(t), "notes.txt"); !errors.Is(err, ErrNotExist) {
+				t.Errorf("lookup notes.txt = %v, want ErrNotExist", err)
+			}
+		})
 	}
 }
 
@@ -917,5 +972,35 @@ func TestConcurrentWritersAndUploadsAreSafe(t *testing.T) {
 				t.Errorf("%s = %q, want its last write v%d", k, data, last)
 			}
 		}
+	}
+}
+
+// TestDrainFinishesDirectoryRenameWithFewWorkers drains a directory rename
+// of more files than there are upload workers: the deletes waiting for
+// their copies must not keep every worker busy (unmount drains this way).
+func TestDrainFinishesDirectoryRenameWithFewWorkers(t *testing.T) {
+	for _, workers := range []int{1, 2, 4} {
+		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.WritebackDelay = never; o.UploadConcurrency = workers })
+			var want []string
+			for i := range 12 {
+				k := fmt.Sprintf("album/sub%d/img%02d.jpg", i%3, i)
+				e.mem.Set(k, []byte(k), "image/jpeg", nil)
+				want = append(want, "moved/"+k[len("album/"):])
+			}
+			want = append(want, "moved/")
+			sort.Strings(want)
+			if err := e.c.Rename(ctxT(t), "album/", "moved/", e.lookup("album")); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			e.drain()
+			if keys := e.mem.Keys(); !slices.Equal(keys, want) {
+				t.Errorf("bucket keys = %q, want %q", keys, want)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("drain took %v", d)
+			}
+		})
 	}
 }

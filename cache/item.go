@@ -23,6 +23,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -134,6 +135,9 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 				return nil, err
 			}
 		}
+		// Handles opened on the partial file keep the map: it must stop
+		// fetching into a file the writer changes.
+		it.blocks.detach()
 		it.blocks = nil
 	}
 	if it.blocks != nil && !it.blocks.complete() {
@@ -143,7 +147,12 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 		if it.writers == 0 {
 			// The data file is about to change: it no longer holds any
 			// clean version.
-			if err := c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(it.key)) }); err != nil {
+			if err := c.update(func(txn *badger.Txn) error {
+				if err := txn.Delete(bKey(it.id.Load())); err != nil { // a partial file's bitmap
+					return err
+				}
+				return txn.Delete(cKey(it.key))
+			}); err != nil {
 				return nil, err
 			}
 			c.lru.forget(it.id.Load())
@@ -212,12 +221,30 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 		srcE, err := c.Lookup(ctx, src)
 		if err != nil || srcE.Pending {
 			o, serr := c.statRemote(ctx, src)
-			if serr != nil {
-				return serr
+			if serr == nil {
+				srcE = entryFromObject(o, c.o.Defaults)
 			}
-			srcE = entryFromObject(o, c.o.Defaults)
+			err = serr
+		} else {
+			err = nil
 		}
-		if err := c.fetchWhole(ctx, it, src, srcE); err != nil {
+		if err == nil {
+			err = c.fetchWhole(ctx, it, src, srcE)
+		}
+		if errors.Is(err, backend.ErrNotFound) && src != key {
+			// The copy may have run, and the source's delete after it,
+			// since the record was read: the bytes are at key now.
+			if _, ok, rerr := c.record(key); rerr == nil && !ok {
+				if o, serr := c.statRemote(ctx, key); serr == nil {
+					ke := entryFromObject(o, c.o.Defaults)
+					if ferr := c.fetchWhole(ctx, it, key, ke); ferr != nil {
+						return ferr
+					}
+					return nil
+				}
+			}
+		}
+		if err != nil {
 			return err
 		}
 		it.attr = rec.Attr
@@ -287,7 +314,7 @@ func (c *Cache) newSparse(it *Item, key string, e Entry) error {
 		os.Chtimes(path, e.Attr.Mtime, e.Attr.Mtime)
 	}
 	if err := c.update(func(txn *badger.Txn) error {
-		return txn.Set(cKey(key), encode(Clean{V: recordVersion, DataID: id, ETag: e.ETag, Size: e.Size, Partial: true}))
+		return txn.Set(cKey(key), encode(Clean{V: recordVersion, DataID: id, ETag: e.ETag, Size: e.Size, Partial: true, Attr: &e.Attr}))
 	}); err != nil {
 		f.Close()
 		os.Remove(path)
@@ -336,6 +363,7 @@ func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) e
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout+time.Duration(e.Size>>20)*time.Second)
 	defer cancel()
 	r, err := c.st.Get(octx, src, e.ETag, 0, -1)
+	c.noteBackend(err)
 	if err == nil {
 		var n int64
 		n, err = io.Copy(f, r)
@@ -353,7 +381,7 @@ func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) e
 		os.Chtimes(path, e.Attr.Mtime, e.Attr.Mtime)
 	}
 	if err := c.update(func(txn *badger.Txn) error {
-		return txn.Set(cKey(src), encode(Clean{V: recordVersion, DataID: id, ETag: e.ETag, Size: e.Size}))
+		return txn.Set(cKey(src), encode(Clean{V: recordVersion, DataID: id, ETag: e.ETag, Size: e.Size, Attr: &e.Attr}))
 	}); err != nil {
 		f.Close()
 		os.Remove(path)
@@ -505,6 +533,7 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 			r.Gen = old.Gen + 1
 			r.Since = old.Since
 			r.InBucket = old.inBucket(it.key)
+			r.After = old.After // still the source of a pending rename
 			if old.Op == OpPut && old.DataID != it.id.Load() {
 				oldData = old.DataID
 			}

@@ -91,6 +91,10 @@ type Clean struct {
 	// Partial marks a sparse file filled block by block; b/<data id>
 	// holds its bitmap (see blocks.go).
 	Partial bool `json:"partial,omitempty"`
+	// Attr are the version's attributes, so that a restart while the
+	// store is unreachable can still serve the file by name (see
+	// Cache.cachedEntry). Older records have none: mount defaults.
+	Attr *Attr `json:"attr,omitempty"`
 }
 
 // inBucket reports whether, while r is the pending record of key, the

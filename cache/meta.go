@@ -92,9 +92,12 @@ func parseMtime(v string) (time.Time, bool) {
 			frac = frac[:9]
 		}
 		frac += strings.Repeat("0", 9-len(frac))
-		if n, err := strconv.ParseInt(frac, 10, 64); err == nil {
-			ns = n
+		// Digits only: "1.7e9" is not 1970, and a sign is no fraction.
+		n, err := strconv.ParseUint(frac, 10, 64)
+		if err != nil {
+			return time.Time{}, false
 		}
+		ns = int64(n)
 	}
 	return time.Unix(s, ns), true
 }

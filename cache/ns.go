@@ -71,6 +71,12 @@ func (c *Cache) claim(ctx context.Context, it *Item, a Attr) error {
 		// Known to be down: don't make every create wait for it to fail.
 		return nil
 	}
+	if r, ok, err := c.record(it.key); err == nil && ok && r.Op == OpDelete {
+		// The object there is one this mount unlinked or renamed away and
+		// has not deleted yet: the name is free here, and the create
+		// replaces that object (exclusive on this machine only).
+		return nil
+	}
 	md := metaFromAttr(a)
 	md[metaUploadTag] = fmt.Sprintf("%s/%x/0", c.o.Host, it.id.Load())
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(c.o.ClaimTimeout, c.o.OpTimeout)) // see opCtx
@@ -138,6 +144,7 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 		r := Record{Op: OpDelete, Gen: 1}
 		if ok {
 			r.Gen = old.Gen + 1
+			r.After = old.After // still the source of a pending rename
 			if old.Op == OpPut {
 				drop = append(drop, old.DataID)
 			}
@@ -399,6 +406,12 @@ func (c *Cache) Rename(ctx context.Context, oldKey, newKey string, oldEntry Entr
 	if IsDirKey(oldKey) {
 		return c.renameDir(ctx, oldKey, newKey)
 	}
+	// A target the bucket holds is replaced by the moved change, which is
+	// based on no version of it: if that change goes before its upload,
+	// the object must still be deleted. Unsure (backend down) means yes;
+	// a pending target's record knows for itself.
+	target, terr := c.Lookup(ctx, newKey)
+	replaces := terr == nil && !target.Pending || terr != nil && !errors.Is(terr, ErrNotExist)
 	its, err := c.lockItems(ctx, func(k string) bool { return k == oldKey || k == newKey })
 	if err != nil {
 		return err
@@ -407,7 +420,15 @@ func (c *Cache) Rename(ctx context.Context, oldKey, newKey string, oldEntry Entr
 	var drop []uint64
 	err = c.update(func(txn *badger.Txn) error {
 		drop = drop[:0]
-		return c.renameKeyTxn(txn, oldKey, newKey, &oldEntry, &drop)
+		if err := c.renameKeyTxn(txn, oldKey, newKey, &oldEntry, &drop); err != nil {
+			return err
+		}
+		r, ok, err := getRecord(txn, newKey)
+		if err != nil || !ok || !replaces || r.InBucket {
+			return err
+		}
+		r.InBucket = true
+		return putRecord(txn, newKey, r)
 	})
 	if err != nil {
 		return err
@@ -433,8 +454,12 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 		return err
 	}
 	gen := uint64(1)
+	// A target that is the source of a pending rename keeps waiting for
+	// that copy, whatever now takes its name (see uploader.process).
+	after := ""
 	if okNew {
 		gen = rNew.Gen + 1
+		after = rNew.After
 		if rNew.Op == OpPut {
 			*drop = append(*drop, rNew.DataID)
 		}
@@ -464,17 +489,19 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 		r := rOld
 		r.Gen, r.BaseETag, r.Excl, r.Uploaded, r.Since = gen, "", false, false, time.Time{}
 		r.InBucket = okNew && rNew.inBucket(newKey)
+		r.After = after
 		if err := putRecord(txn, newKey, r); err != nil {
 			return err
 		}
 		if !rOld.inBucket(oldKey) {
 			return txn.Delete(jKey(oldKey))
 		}
-		return setOld(Record{Op: OpDelete})
+		return setOld(Record{Op: OpDelete, After: rOld.After})
 	case okOld && rOld.Op == OpCopy:
 		r := rOld
 		r.Gen, r.Since = gen, time.Time{}
 		r.InBucket = okNew && rNew.inBucket(newKey)
+		r.After = after
 		if err := putRecord(txn, newKey, r); err != nil {
 			return err
 		}
@@ -492,7 +519,7 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 			}
 		}
 		if rOld.InBucket {
-			return setOld(Record{Op: OpDelete}) // it replaced an object there
+			return setOld(Record{Op: OpDelete, After: rOld.After}) // it replaced an object there
 		}
 		return txn.Delete(jKey(oldKey))
 	default:
@@ -500,7 +527,7 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 			return ErrNotExist
 		}
 		r := Record{Op: OpCopy, Src: oldKey, SrcSize: remote.Size, Attr: remote.Attr, Gen: gen,
-			Symlink: remote.Symlink, InBucket: okNew && rNew.inBucket(newKey)}
+			Symlink: remote.Symlink, InBucket: okNew && rNew.inBucket(newKey), After: after}
 		if err := putRecord(txn, newKey, r); err != nil {
 			return err
 		}
@@ -551,11 +578,11 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 	if err != nil {
 		return err
 	}
-	pending := map[string]bool{}
+	pending := map[string]Record{}
 	var pendingKeys []string
 	err = c.db.View(func(txn *badger.Txn) error {
 		return scanRecords(txn, oldDir, func(k string, r Record) error {
-			pending[k] = true
+			pending[k] = r
 			pendingKeys = append(pendingKeys, k)
 			return nil
 		})
@@ -585,6 +612,15 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 			if err != nil {
 				return err
 			}
+			if !ok && pending[k].Op != OpDelete {
+				// Uploaded or copied since the scan (and perhaps
+				// since the listing): the object is in the bucket now.
+				e := c.entryFromRecord(k, pending[k])
+				if err := c.renameKeyTxn(txn, k, newDir+k[len(oldDir):], &e, &drop); err != nil {
+					return err
+				}
+				continue
+			}
 			if !ok || (r.Op == OpDelete && r.After == "") {
 				continue // already gone; its delete stays where it is
 			}
@@ -596,8 +632,8 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 			}
 		}
 		for _, o := range objs {
-			if pending[o.Key] {
-				continue
+			if _, ok := pending[o.Key]; ok {
+				continue // done above
 			}
 			e := entryFromObject(o, c.o.Defaults)
 			if err := c.renameKeyTxn(txn, o.Key, newDir+o.Key[len(oldDir):], &e, &drop); err != nil {

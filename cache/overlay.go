@@ -8,6 +8,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -66,6 +67,20 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 		if ol := c.offlineListing(dirKey); !known && ol != nil {
 			return ol, nil
 		}
+		if !known {
+			// Nothing known of this directory (never listed, or a
+			// restart during the outage): fail now instead of making
+			// every caller wait out the op timeout, and let one fetch
+			// in the background find out when the store is back.
+			c.mu.Lock()
+			if c.dirs[dirKey] == nil {
+				nl := &dirListing{started: time.Now(), done: make(chan struct{})}
+				c.dirs[dirKey] = nl
+				go c.fetchListing(context.Background(), dirKey, nl)
+			}
+			c.mu.Unlock()
+			return nil, fmt.Errorf("list %q: %w (the object store was unreachable moments ago)", dirKey, backend.ErrUnavailable)
+		}
 	}
 	c.mu.Lock()
 	l := c.dirs[dirKey]
@@ -93,6 +108,12 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 			c.mu.Unlock()
 			if prev != nil && c.backendDown() {
 				return prev, nil
+			}
+			if c.backendDown() {
+				if ol := c.offlineListing(dirKey); ol != nil {
+					return ol, nil
+				}
+				return nil, fmt.Errorf("list %q: %w (the object store was unreachable moments ago)", dirKey, backend.ErrUnavailable)
 			}
 			select {
 			case <-l.done:
@@ -441,7 +462,11 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 		return c.entryFromRecord(key+"/", dirRec), nil
 	}
 	if pendingBelow {
-		return dirEntry(key+"/", c.o.Defaults), nil
+		// Its marker (if any) is in the bucket already: its attributes,
+		// not the defaults, as for a directory found by listing.
+		e := dirEntry(key+"/", c.o.Defaults)
+		e.Attr = c.dirAttr(ctx, e.Key, e.Attr)
+		return e, nil
 	}
 	if hasRec && rec.Op != OpDelete {
 		return c.withOpenSize(c.entryFromRecord(key, rec)), nil
@@ -450,6 +475,16 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 	dirKey := parentDir(key)
 	l, err := c.listing(ctx, dirKey)
 	if err != nil {
+		if errors.Is(err, backend.ErrUnavailable) {
+			// No listing to go by while the store is unreachable (a
+			// restart during an outage): what is cached here is served.
+			if hasRec {
+				return Entry{}, ErrNotExist // pending delete
+			}
+			if e, ok := c.cachedEntry(key); ok && !(e.Dir && hasDirRec) {
+				return c.withOpenSize(e), nil
+			}
+		}
 		return Entry{}, err
 	}
 	name := baseName(key)
@@ -472,6 +507,45 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 		e.Attr = c.dirAttr(ctx, e.Key, e.Attr)
 	}
 	return c.withOpenSize(e), nil
+}
+
+// cachedEntry is key as the cache index knows it: a file with a clean
+// cached copy, or a directory holding one. It stands in for the bucket's
+// listing when there is none and the store is unreachable; a name it does
+// not know stays unknown (EIO), never "no such file".
+func (c *Cache) cachedEntry(key string) (Entry, bool) {
+	var e Entry
+	found := false
+	c.db.View(func(txn *badger.Txn) error {
+		if cl, ok, err := getClean(txn, key); err == nil && ok {
+			a := Attr{Mode: syscall.S_IFREG | c.o.Defaults.FileMode, UID: c.o.Defaults.UID, GID: c.o.Defaults.GID}
+			if cl.Attr != nil {
+				a = *cl.Attr
+			}
+			if a.Mtime.IsZero() {
+				if fi, err := os.Stat(c.dataPath(cl.DataID)); err == nil {
+					a.Mtime = fi.ModTime()
+				}
+			}
+			e = Entry{Key: key, Name: baseName(key), Size: cl.Size, ETag: cl.ETag, Attr: a,
+				Symlink: a.Mode&syscall.S_IFMT == syscall.S_IFLNK}
+			found = true
+			return nil
+		}
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		p := cKey(key + "/")
+		opts.Prefix = p
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		if it.Seek(p); it.ValidForPrefix(p) {
+			e = dirEntry(key+"/", c.o.Defaults)
+			e.Attr = c.implicitDir(e.Attr)
+			found = true
+		}
+		return nil
+	})
+	return e, found
 }
 
 // dirMeta caches a directory's attributes from its marker object.

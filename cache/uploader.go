@@ -316,6 +316,17 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 		return 0, err
 	}
 	ctx := u.ctx
+	if r.After != "" && r.Op != OpDelete {
+		// A new file (or a file renamed here) took the name of the
+		// source of a pending rename: the copy from it goes first, or it
+		// would take the new bytes.
+		if a, ok, err := c.record(r.After); err != nil {
+			return 0, err
+		} else if ok && a.Op == OpCopy && a.Src == key {
+			u.enqueue(r.After, 0)
+			return time.Second, nil
+		}
+	}
 	switch r.Op {
 	case OpPut:
 		return u.put(ctx, key, r)
@@ -432,7 +443,9 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 		// An overwrite (or the data of a claimed O_EXCL create): only if
 		// the object is still the version it was based on.
 		opts.IfMatch = r.BaseETag
-	case r.Excl:
+	case r.Excl && !r.InBucket:
+		// (With InBucket the create replaced a name this mount had
+		// unlinked or renamed away, whose object is still there.)
 		opts.IfNoneMatch = true
 	}
 	obj, err := c.st.Put(ctx, key, body, size, opts)
@@ -460,7 +473,7 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 		return c.o.WritebackMaxWait, nil
 	}
 	e := Entry{Key: key, Name: baseName(key), Dir: IsDirKey(key), Size: size, Attr: a, ETag: obj.ETag, Symlink: r.Symlink}
-	done, err := u.finish(key, r, &Clean{V: recordVersion, DataID: r.DataID, ETag: obj.ETag, Size: size})
+	done, err := u.finish(key, r, &Clean{V: recordVersion, DataID: r.DataID, ETag: obj.ETag, Size: size, Attr: &a})
 	if done {
 		c.noteRemote(key, &e)
 	} else if err == nil {

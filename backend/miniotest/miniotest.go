@@ -320,9 +320,17 @@ func (s *Server) waitReady(p *process) error {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return nil
+				// The health check can answer before the object layer is
+				// up ("Server not initialized yet"): wait for a real call.
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_, err = s.Client().ListBuckets(ctx)
+				cancel()
+				if err == nil {
+					return nil
+				}
+			} else {
+				err = fmt.Errorf("%s: %s", url, resp.Status)
 			}
-			err = fmt.Errorf("%s: %s", url, resp.Status)
 		}
 		lastErr = err
 		if time.Now().After(deadline) {

@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -27,7 +26,7 @@ type bench struct {
 	phaseBudget   time.Duration
 	bucketTimeout time.Duration
 	profileDir    string
-	trace         bool
+	tracer        *fuseTracer
 	dropOK        bool
 	dropErr       string
 
@@ -44,23 +43,23 @@ func main() {
 	}
 
 	var (
-		quick                       = flag.Bool("quick", false, "smaller workloads (200 small files, 128 MiB, 1000 metadata files)")
-		out                         = flag.String("out", "bench-results.md", "write the markdown report here")
-		mediafsBin                  = flag.String("mediafs", "", "mediafs binary (required)")
-		minioBin                    = flag.String("minio", os.Getenv("MEDIAFS_MINIO_BIN"), "MinIO server binary (default $MEDIAFS_MINIO_BIN, else ~/.cache/mediafs/bin/minio)")
-		wbDelay                     = flag.Duration("writeback-delay", time.Second, "mediafs --writeback-delay (and rclone --vfs-write-back)")
-		mflags                      = flag.String("mediafs-flags", "", "extra flags for `mediafs mount`, space-separated")
-		only                        = flag.String("targets", "raw,local,loopback,mediafs,rclone,s3fs", "comma-separated subset to run")
-		smallN                      = flag.Int("small-files", 0, "number of 64 KiB files (default 1000, --quick 200)")
-		metaN                       = flag.Int("meta-files", 0, "number of empty files for create/stat/ls/rename/unlink (default 5000, --quick 1000)")
-		seqMiB                      = flag.Int("seq-mib", 0, "size of the sequential file in MiB (default 512, --quick 128)")
-		visTrials                   = flag.Int("vis-trials", 0, "cross-mount visibility trials (default 10, --quick 5)")
-		visTimeout                  = flag.Duration("vis-timeout", 15*time.Second, "give up on one visibility trial after this long")
-		budget                      = flag.Duration("phase-budget", 0, "stop one workload loop after this long and report it as partial (default 5m, --quick 2m)")
-		workdir                     = flag.String("workdir", os.TempDir(), "scratch directories go under here")
-		keep                        = flag.Bool("keep", false, "keep the scratch directory (logs, caches) after the run")
-		profile                     = flag.String("profile", "", "record `perf` CPU profiles of the mediafs daemon per workload into this directory")
-		trace                       = flag.Bool("trace", true, "record FUSE requests per workload (perf + fuse tracepoints) for the \"where the time goes\" tables")
+		quick      = flag.Bool("quick", false, "smaller workloads (200 small files, 128 MiB, 1000 metadata files)")
+		out        = flag.String("out", "bench-results.md", "write the markdown report here")
+		mediafsBin = flag.String("mediafs", "", "mediafs binary (required)")
+		minioBin   = flag.String("minio", os.Getenv("MEDIAFS_MINIO_BIN"), "MinIO server binary (default $MEDIAFS_MINIO_BIN, else ~/.cache/mediafs/bin/minio)")
+		wbDelay    = flag.Duration("writeback-delay", time.Second, "mediafs --writeback-delay (and rclone --vfs-write-back)")
+		mflags     = flag.String("mediafs-flags", "", "extra flags for `mediafs mount`, space-separated")
+		only       = flag.String("targets", "raw,local,loopback,mediafs,rclone,s3fs", "comma-separated subset to run")
+		smallN     = flag.Int("small-files", 0, "number of 64 KiB files (default 1000, --quick 200)")
+		metaN      = flag.Int("meta-files", 0, "number of empty files for create/stat/ls/rename/unlink (default 5000, --quick 1000)")
+		seqMiB     = flag.Int("seq-mib", 0, "size of the sequential file in MiB (default 512, --quick 128)")
+		visTrials  = flag.Int("vis-trials", 0, "cross-mount visibility trials (default 10, --quick 5)")
+		visTimeout = flag.Duration("vis-timeout", 15*time.Second, "give up on one visibility trial after this long")
+		budget     = flag.Duration("phase-budget", 0, "stop one workload loop after this long and report it as partial (default 5m, --quick 2m)")
+		workdir    = flag.String("workdir", os.TempDir(), "scratch directories go under here")
+		keep       = flag.Bool("keep", false, "keep the scratch directory (logs, caches) after the run")
+		profile    = flag.String("profile", "", "record `perf` CPU profiles of the mediafs daemon per workload into this directory")
+		trace      = flag.Bool("trace", true, "record FUSE requests per workload (fuse tracepoints in a private tracefs instance) for the \"where the time goes\" tables")
 	)
 	flag.Parse()
 
@@ -83,13 +82,6 @@ func main() {
 	}
 	if *budget > 0 {
 		b.phaseBudget = *budget
-	}
-	b.trace = *trace
-	if b.trace {
-		if _, err := exec.LookPath("perf"); err != nil || !fileExists("/sys/kernel/tracing/events/fuse") {
-			logf("no perf or no fuse tracepoints: FUSE requests will not be traced")
-			b.trace = false
-		}
 	}
 	if *profile != "" {
 		b.profileDir = abs(*profile)
@@ -137,6 +129,12 @@ func main() {
 	}
 	logf("scratch directory %s", scratch)
 
+	if *trace {
+		if b.tracer, err = startFuseTracer(); err != nil {
+			logf("FUSE requests will not be traced: %v", err)
+			b.tracer = nil
+		}
+	}
 	info := machineInfo(*minioBin, *mediafsBin)
 	info.loadStart = loadAvg()
 

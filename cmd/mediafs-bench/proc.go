@@ -23,10 +23,17 @@ var (
 	cleanMu   sync.Mutex
 	cleanups  []func()
 	cleanOnce sync.Once
+	stopping  atomic.Bool // set once cleanup starts: nothing new is started
 )
 
+// atCleanup registers f; once cleanup has started, f runs at once.
 func atCleanup(f func()) {
 	cleanMu.Lock()
+	if stopping.Load() {
+		cleanMu.Unlock()
+		f()
+		return
+	}
 	cleanups = append(cleanups, f)
 	cleanMu.Unlock()
 }
@@ -34,6 +41,7 @@ func atCleanup(f func()) {
 func runCleanups() {
 	cleanOnce.Do(func() {
 		cleanMu.Lock()
+		stopping.Store(true)
 		fs := cleanups
 		cleanups = nil
 		cleanMu.Unlock()
@@ -65,6 +73,9 @@ type proc struct {
 }
 
 func spawn(name string, cmd *exec.Cmd, logPath string) (*proc, error) {
+	if stopping.Load() {
+		return nil, fmt.Errorf("not starting %s: cleaning up", name)
+	}
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -240,8 +251,8 @@ func unmount(dir string, tries int) error {
 // daemon is a FUSE server process serving one mount point.
 type daemon struct {
 	*proc
-	mnt     string
-	hwm     int64 // VmHWM read just before it was stopped
+	mnt      string
+	hwm      int64 // VmHWM read just before it was stopped
 	stopping atomic.Bool
 }
 
@@ -253,7 +264,7 @@ func startDaemon(name string, cmd *exec.Cmd, mnt, logPath string, timeout time.D
 	}
 	d := &daemon{proc: p, mnt: mnt}
 	// Registered at once so that a SIGINT while it mounts still cleans up.
-	atCleanup(func() { d.stop(5 * time.Second) })
+	atCleanup(d.forceStop)
 	deadline := time.Now().Add(timeout)
 	for {
 		if isMounted(mnt) {
@@ -272,6 +283,23 @@ func startDaemon(name string, cmd *exec.Cmd, mnt, logPath string, timeout time.D
 	}
 }
 
+// forceStop is the cleanup path (exit, failure, SIGINT): detach the mount
+// at once, then SIGTERM, then SIGKILL. A daemon stopped before is left
+// alone: its mount point may serve a newer instance by now.
+func (d *daemon) forceStop() {
+	if !d.stopping.CompareAndSwap(false, true) {
+		if d.exited() {
+			return
+		}
+	}
+	if !d.exited() {
+		exec.Command("fusermount3", "-uz", d.mnt).Run()
+		d.kill(5 * time.Second)
+	} else if isMounted(d.mnt) {
+		exec.Command("fusermount3", "-uz", d.mnt).Run() // killed: stale mount
+	}
+}
+
 // stop records the daemon's peak RSS, unmounts and waits for it to exit
 // (mediafs drains its upload queue on unmount), killing it after grace.
 func (d *daemon) stop(grace time.Duration) {
@@ -279,15 +307,7 @@ func (d *daemon) stop(grace time.Duration) {
 		return
 	}
 	if !d.stopping.CompareAndSwap(false, true) {
-		// Stopped before, or being stopped by another goroutine (a
-		// SIGINT during a stop): make sure it is gone, fast. Never
-		// unmount for a daemon that has exited: the mount point may
-		// serve a newer instance by now.
-		if !d.exited() {
-			exec.Command("fusermount3", "-uz", d.mnt).Run()
-			d.kill(5 * time.Second)
-		}
-		return
+		return // stopped before, or being stopped by the cleanup
 	}
 	if !d.exited() {
 		if h := vmHWM(d.pid()); h > d.hwm {

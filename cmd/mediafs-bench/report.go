@@ -263,9 +263,9 @@ func yesNo(b bool) string {
 }
 
 type machine struct {
-	date, kernel, cpu, mem                 string
-	loadStart, loadEnd                     string
-	mediafs, minio, rclone, s3fs           string
+	date, kernel, cpu, mem                  string
+	loadStart, loadEnd                      string
+	mediafs, minio, rclone, s3fs            string
 	mediafsPassthrough, loopbackPassthrough string
 }
 
@@ -355,7 +355,7 @@ func (b *bench) whereTime(w *strings.Builder, targets []*target, ms []metric) {
 		}
 		fmt.Fprintf(w, "### %s\n\n", t.name)
 		hasS3 := t.bucket != ""
-		hasOps := t.isMount() && b.trace
+		hasOps := t.isMount() && b.tracer != nil
 		hdr := "| workload | wall |"
 		sep := "|---|---:|"
 		if hasOps {

@@ -2,12 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -92,64 +89,104 @@ func fuseConn(dir string) (uint64, error) {
 	return major<<20 | minor, nil
 }
 
+// fuseTracer reads the fuse tracepoints from a private tracefs instance
+// (so nobody else's tracing is touched) for the whole run. Phases are
+// delimited by lines written to the instance's trace_marker, which arrive
+// in the same time-ordered stream as the events.
 type fuseTracer struct {
-	p    *proc
-	data string
+	dir     string
+	marker  *os.File
+	seq     int
+	results chan traceResult
 }
 
-func startFuseTrace(dir, data string) (*fuseTracer, error) {
-	conn, err := fuseConn(dir)
+type traceResult struct {
+	id  int
+	ops []opStat
+}
+
+const tracefs = "/sys/kernel/tracing"
+
+func startFuseTracer() (*fuseTracer, error) {
+	if !fileExists(tracefs + "/events/fuse/fuse_request_send") {
+		return nil, fmt.Errorf("no fuse tracepoints in %s", tracefs)
+	}
+	dir := filepath.Join(tracefs, "instances", "mediafs-bench-"+randomHex(4))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("tracefs instance: %w", err)
+	}
+	tr := &fuseTracer{dir: dir, results: make(chan traceResult, 1)}
+	atCleanup(tr.close)
+	wr := func(file, v string) error { return os.WriteFile(filepath.Join(dir, file), []byte(v), 0) }
+	wr("buffer_size_kb", "8192")
+	for _, ev := range []string{"fuse_request_send", "fuse_request_end"} {
+		if err := wr("events/fuse/"+ev+"/filter", "connection == 0"); err != nil {
+			return nil, fmt.Errorf("tracefs filter: %w", err)
+		}
+		if err := wr("events/fuse/"+ev+"/enable", "1"); err != nil {
+			return nil, fmt.Errorf("tracefs enable: %w", err)
+		}
+	}
+	m, err := os.OpenFile(filepath.Join(dir, "trace_marker"), os.O_WRONLY, 0)
 	if err != nil {
 		return nil, err
 	}
-	filter := fmt.Sprintf("connection == %d", conn)
-	cmd := exec.Command("perf", "record", "-q", "-a", "-m", "4096",
-		"-e", "fuse:fuse_request_send", "--filter", filter,
-		"-e", "fuse:fuse_request_end", "--filter", filter,
-		"-o", data)
-	p, err := spawn("perf", cmd, data+".log")
+	tr.marker = m
+	pipe, err := os.Open(filepath.Join(dir, "trace_pipe"))
 	if err != nil {
 		return nil, err
 	}
-	// perf has no "ready" signal; it is attached well within this.
-	time.Sleep(500 * time.Millisecond)
-	if p.exited() {
-		return nil, fmt.Errorf("perf record exited: %s", lastLines(p.logTail(500), 3))
-	}
-	return &fuseTracer{p: p, data: data}, nil
+	go tr.read(pipe)
+	return tr, nil
 }
 
 var (
-	reSend = regexp.MustCompile(`^\s*(\d+\.\d+):\s+fuse:fuse_request_send:.*req (\d+) opcode \d+ \((\w+)\)`)
-	reEnd  = regexp.MustCompile(`^\s*(\d+\.\d+):\s+fuse:fuse_request_end:.*req (\d+)`)
+	reSend   = regexp.MustCompile(` (\d+\.\d+): fuse_request_send: connection \d+ req (\d+) opcode \d+ \((\w+)\)`)
+	reEnd    = regexp.MustCompile(` (\d+\.\d+): fuse_request_end: connection \d+ req (\d+)`)
+	reMarker = regexp.MustCompile(`tracing_mark_write: mfsbench (begin|end|quit) (\d+)`)
 )
 
-// stop ends the recording and sums request latency per opcode.
-func (f *fuseTracer) stop() ([]opStat, error) {
-	f.p.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-f.p.done:
-	case <-time.After(30 * time.Second):
-		f.p.kill(time.Second)
-	}
-	defer os.Remove(f.data)
-	cmd := exec.Command("perf", "script", "-i", f.data, "-F", "time,event,trace")
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = io.Discard
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("perf script: %w", err)
-	}
+func (tr *fuseTracer) read(pipe *os.File) {
+	defer pipe.Close()
 	type pend struct {
 		op string
 		at float64
 	}
-	inflight := map[string]pend{}
-	stats := map[string]*opStat{}
-	sc := bufio.NewScanner(&out)
+	var (
+		inflight map[string]pend
+		stats    map[string]*opStat
+		active   bool
+	)
+	sc := bufio.NewScanner(pipe)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		if m := reMarker.FindStringSubmatch(line); m != nil {
+			id, _ := strconv.Atoi(m[2])
+			switch m[1] {
+			case "begin":
+				inflight, stats, active = map[string]pend{}, map[string]*opStat{}, true
+			case "end":
+				var res []opStat
+				for _, s := range stats {
+					res = append(res, *s)
+				}
+				sort.Slice(res, func(i, j int) bool {
+					if res[i].total != res[j].total {
+						return res[i].total > res[j].total
+					}
+					return res[i].n > res[j].n
+				})
+				active = false
+				tr.results <- traceResult{id: id, ops: res}
+			case "quit":
+				return
+			}
+			continue
+		}
+		if !active {
+			continue
+		}
 		if m := reSend.FindStringSubmatch(line); m != nil {
 			at, _ := strconv.ParseFloat(m[1], 64)
 			op := strings.TrimPrefix(m[3], "FUSE_")
@@ -158,9 +195,7 @@ func (f *fuseTracer) stop() ([]opStat, error) {
 				stats[op] = &opStat{name: op}
 			}
 			stats[op].n++
-			continue
-		}
-		if m := reEnd.FindStringSubmatch(line); m != nil {
+		} else if m := reEnd.FindStringSubmatch(line); m != nil {
 			if p, ok := inflight[m[2]]; ok {
 				at, _ := strconv.ParseFloat(m[1], 64)
 				stats[p.op].total += time.Duration((at - p.at) * float64(time.Second))
@@ -168,34 +203,76 @@ func (f *fuseTracer) stop() ([]opStat, error) {
 			}
 		}
 	}
-	var res []opStat
-	for _, s := range stats {
-		res = append(res, *s)
+}
+
+// begin starts counting the requests of the mount at dir.
+func (tr *fuseTracer) begin(dir string) (int, error) {
+	conn, err := fuseConn(dir)
+	if err != nil {
+		return 0, err
 	}
-	sort.Slice(res, func(i, j int) bool {
-		if res[i].total != res[j].total {
-			return res[i].total > res[j].total
+	f := fmt.Sprintf("connection == %d", conn)
+	for _, ev := range []string{"fuse_request_send", "fuse_request_end"} {
+		if err := os.WriteFile(filepath.Join(tr.dir, "events/fuse", ev, "filter"), []byte(f), 0); err != nil {
+			return 0, err
 		}
-		return res[i].n > res[j].n
-	})
-	return res, nil
+	}
+	tr.seq++
+	_, err = fmt.Fprintf(tr.marker, "mfsbench begin %d\n", tr.seq)
+	return tr.seq, err
+}
+
+// end stops counting and returns the requests per opcode.
+func (tr *fuseTracer) end(id int) ([]opStat, error) {
+	if _, err := fmt.Fprintf(tr.marker, "mfsbench end %d\n", id); err != nil {
+		return nil, err
+	}
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case r := <-tr.results:
+			if r.id == id {
+				return r.ops, nil
+			}
+		case <-timeout:
+			return nil, fmt.Errorf("trace reader did not catch up")
+		}
+	}
+}
+
+func (tr *fuseTracer) close() {
+	for _, ev := range []string{"fuse_request_send", "fuse_request_end"} {
+		os.WriteFile(filepath.Join(tr.dir, "events/fuse", ev, "enable"), []byte("0"), 0)
+	}
+	if tr.marker != nil {
+		fmt.Fprintf(tr.marker, "mfsbench quit 0\n")
+		tr.marker.Close()
+	}
+	// The reader exits on the quit marker and closes the pipe; the
+	// instance can be removed once nobody holds it open.
+	for i := 0; i < 50; i++ {
+		if err := os.Remove(tr.dir); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	logf("could not remove tracefs instance %s", tr.dir)
 }
 
 // prof runs one workload phase f on t, recording where its time goes:
 // FUSE requests (with --trace, FUSE targets), S3 calls (bucket targets)
 // and, with --profile, a CPU profile of the mediafs daemon.
 func (b *bench) prof(t *target, phase string, f func()) {
-	var ft *fuseTracer
+	// Waiting for uploads is timed from the first write and the FUSE side
+	// is idle then: not traced.
+	traceID := 0
 	var ferr string
-	// Waiting for uploads is timed from the first write: no tracer start-up
-	// delay there (the FUSE side is idle anyway).
-	waiting := strings.HasSuffix(phase, "_in_bucket")
-	if b.trace && !waiting && t.isMount() && t.cur != nil && !t.cur.exited() {
-		var err error
-		ft, err = startFuseTrace(t.dir, filepath.Join(t.base, "trace-"+phase+".data"))
+	if b.tracer != nil && !strings.HasSuffix(phase, "_in_bucket") && t.isMount() && t.cur != nil && !t.cur.exited() {
+		id, err := b.tracer.begin(t.dir)
 		if err != nil {
 			ferr = err.Error()
-			logf("%s: FUSE trace: %v", t.name, err)
+		} else {
+			traceID = id
 		}
 	}
 	var before map[string]float64
@@ -220,8 +297,8 @@ func (b *bench) prof(t *target, phase string, f func()) {
 		}
 		sort.Slice(ps.s3, func(i, j int) bool { return ps.s3[i].n > ps.s3[j].n })
 	}
-	if ft != nil {
-		ops, err := ft.stop()
+	if traceID != 0 {
+		ops, err := b.tracer.end(traceID)
 		if err != nil {
 			ps.err = err.Error()
 		}

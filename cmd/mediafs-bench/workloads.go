@@ -59,7 +59,7 @@ type budget struct {
 }
 
 func newBudget(d time.Duration) budget { return budget{deadline: time.Now().Add(d)} }
-func (b budget) over() bool          { return time.Now().After(b.deadline) }
+func (b budget) over() bool            { return time.Now().After(b.deadline) }
 
 // rate returns n/elapsed and a note when the loop stopped early.
 func rate(done, want int, el time.Duration) (float64, string) {

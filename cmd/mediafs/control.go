@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/mediafs/mediafs/backend"
 	"github.com/mediafs/mediafs/cache"
 )
 
@@ -50,7 +51,9 @@ type control struct {
 
 func (c *control) Close() { c.srv.Close() }
 
-func startControl(cacheDir string, c *cache.Cache, log *slog.Logger) (*control, error) {
+// startControl serves the control socket. st, if set, is probed when a
+// flush times out, to tell an unreachable object store from a slow one.
+func startControl(cacheDir string, c *cache.Cache, st *backend.S3, log *slog.Logger) (*control, error) {
 	path := filepath.Join(cacheDir, "control.sock")
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
@@ -84,6 +87,12 @@ func startControl(cacheDir string, c *cache.Cache, log *slog.Logger) (*control, 
 			left, _ = c.Drain(ctx)
 			close(done)
 		}()
+		// Shortly before the deadline, probe the store, so that a timeout
+		// can say why without making the caller wait longer.
+		lead := min(time.Second, d/3)
+		probe := make(chan bool, 1)
+		pt := time.AfterFunc(d-lead, func() { probe <- backendUnreachable(c, st, lead) })
+		defer pt.Stop()
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -91,8 +100,17 @@ func startControl(cacheDir string, c *cache.Cache, log *slog.Logger) (*control, 
 			case <-done:
 				s, _ := c.Status()
 				state := ""
-				if s.Pending > 0 && c.BackendDown() {
-					state = " unreachable"
+				if s.Pending > 0 {
+					down := c.BackendDown()
+					if !down {
+						select {
+						case down = <-probe:
+						case <-time.After(lead + 100*time.Millisecond):
+						}
+					}
+					if down {
+						state = " unreachable"
+					}
 				}
 				fmt.Fprintf(w, "%d %d done%s\n", s.Pending, s.PendingBytes, state)
 				_ = left
@@ -109,6 +127,22 @@ func startControl(cacheDir string, c *cache.Cache, log *slog.Logger) (*control, 
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	return &control{ln: ln, srv: srv}, nil
+}
+
+// backendUnreachable reports whether uploads fail because the object store
+// cannot be reached: known from failed uploads, or found by a quick probe
+// (the first uploads may still be retrying their connection).
+func backendUnreachable(c *cache.Cache, st *backend.S3, timeout time.Duration) bool {
+	if c.BackendDown() {
+		return true
+	}
+	if st == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := st.Check(ctx)
+	return errors.Is(err, backend.ErrUnavailable) || ctx.Err() != nil
 }
 
 func controlClient(cacheDir string) *http.Client {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,6 +21,15 @@ func (e *env) wantNoKeys(t *testing.T, prefix, why string) {
 	t.Helper()
 	if ks := e.keys(t, prefix); len(ks) > 0 {
 		t.Fatalf("%s: the bucket already holds %d keys (%q...), want none", why, len(ks), ks[0])
+	}
+}
+
+// wantNoSecretInLog fails if the daemon's log holds the secret key
+// (failed requests are logged while the store is down).
+func wantNoSecretInLog(t *testing.T, e *env, m *mnt) {
+	t.Helper()
+	if strings.Contains(m.log(), e.minio.SecretKey) {
+		t.Errorf("the daemon's log contains the secret key")
 	}
 }
 
@@ -74,6 +84,7 @@ func TestCloseThenKillKeepsData(t *testing.T) {
 		t.Errorf("bucket holds %d keys under batch/, want %d files and the directory marker", got, len(files))
 	}
 	wantLs(t, m.path("batch"), keysToNames(files, "batch/")...)
+	wantNoSecretInLog(t, e, m)
 }
 
 func keysToNames(files map[string][]byte, prefix string) []string {
@@ -222,6 +233,7 @@ func TestWritesDuringAnOutageSucceedAndUploadLater(t *testing.T) {
 	time.Sleep(3 * time.Second) // uploads fail and back off meanwhile
 	e.minio.Restart(t)
 	checkBucketAndMount(t, e, m, files, 40*time.Second)
+	wantNoSecretInLog(t, e, m)
 	if b, _, err := e.getObject("out/existing.txt"); err != nil || string(b) != "from before\n" {
 		t.Errorf("out/existing.txt changed: %q %v", b, err)
 	}

@@ -413,18 +413,22 @@ func faultSeedWarm(t *testing.T, e *env, m *mnt, n int) map[string][]byte {
 	return warm
 }
 
-func TestFaultBackendDownUnderLoad(t *testing.T) {
-	e := newEnv(t)
+// faultOutageSetup mounts with the fault timeouts and prepares what an
+// outage test needs: cached objects (warm), a directory load/ with files
+// already uploaded, objects never read (cold/) and a directory never
+// listed (unlisted/).
+func faultOutageSetup(t *testing.T, e *env) (m *mnt, warm, before map[string][]byte) {
+	t.Helper()
 	e.putObject(t, "cold/never-read.txt", []byte("never read before the outage"), nil)
 	e.putObject(t, "cold/never-read-big.bin", faultBytes(7, 10<<20), nil)
 	e.putObject(t, "unlisted/inside.txt", []byte("in a directory never listed"), nil)
-	m := e.mount(t, faultTimeoutFlags...)
-	warm := faultSeedWarm(t, e, m, 8)
+	m = e.mount(t, faultTimeoutFlags...)
+	warm = faultSeedWarm(t, e, m, 8)
 	if err := os.Mkdir(m.path("load"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	e.waitObject(t, "load/", nil, 20*time.Second)
-	before := map[string][]byte{}
+	before = map[string][]byte{}
 	for i := 0; i < 5; i++ {
 		k := fmt.Sprintf("load/uploaded-%d.txt", i)
 		before[k] = []byte(k)
@@ -437,22 +441,30 @@ func TestFaultBackendDownUnderLoad(t *testing.T) {
 	if _, err := os.ReadDir(m.dir); err != nil { // "unlisted" is a known name
 		t.Fatal(err)
 	}
+	return m, warm, before
+}
 
-	e.minio.Stop()
-	// Past the listing TTL: the first operation that asks the store finds
-	// out it is down, within the op timeout.
+// faultOutageUnderLoad runs, while the store is unreachable (the caller
+// stopped or froze it), a write load on load/ and a reader of the cached
+// files, and beside them the operations that need the store. Every load
+// operation must run at local speed; every operation needing the store
+// must fail with EIO within the bound. It returns the files load/ must
+// hold once the store is back.
+func faultOutageUnderLoad(t *testing.T, m *mnt, warm, before map[string][]byte, what string) map[string][]byte {
+	t.Helper()
+	// Past the listing TTL: the first operations that ask the store find
+	// out it is unreachable, within the op timeout.
 	time.Sleep(1200 * time.Millisecond)
-	faultBounded(t, "the first stat after the store went down", faultBound, func() error {
+	faultBounded(t, "the first stat after the store became unreachable", faultBound, func() error {
 		_, err := os.Stat(m.path("load/uploaded-0.txt"))
 		return err
 	})
-	faultBounded(t, "the first listing after the store went down", faultBound, func() error {
+	faultBounded(t, "the first listing after the store became unreachable", faultBound, func() error {
 		_, err := os.ReadDir(m.path("load"))
 		return err
 	})
 
-	// ~20 s of load: two writers, one reader of cached files, while
-	// operations that need the store are tried beside them.
+	// Two writers and a reader of cached files, for ~15-20 s.
 	ops := newFaultOps(faultLocal)
 	load := newFaultLoad(t, m, "load", ops, 1000)
 	for k, v := range before {
@@ -500,7 +512,7 @@ func TestFaultBackendDownUnderLoad(t *testing.T) {
 			_, err := os.ReadDir(m.path("unlisted"))
 			return err
 		})
-		time.Sleep(2 * time.Second)
+		time.Sleep(4 * time.Second)
 	}
 	close(stop)
 	waitCh := make(chan struct{})
@@ -510,22 +522,31 @@ func TestFaultBackendDownUnderLoad(t *testing.T) {
 	case <-time.After(faultBound + 10*time.Second):
 		t.Fatalf("the load did not stop: an operation hangs")
 	}
-	ops.check(t, "load with the object store down")
+	ops.check(t, what)
 	faultAlive(t, m)
 
-	e.minio.Restart(t)
 	load.mu.Lock()
+	defer load.mu.Unlock()
 	want := map[string][]byte{}
 	for k, v := range load.files {
 		want[k] = v
 	}
-	load.mu.Unlock()
 	for k, v := range offline {
 		want[k] = v
 	}
+	return want
+}
+
+// faultAfterOutage checks, once the store is back, that load/ reached the
+// bucket exactly and that what needed the store works again.
+func faultAfterOutage(t *testing.T, e *env, m *mnt, want map[string][]byte) {
+	t.Helper()
 	t.Logf("%d files under load/ to reach the bucket", len(want))
-	faultCheckBucket(t, e, "load/", want, []string{"load/", "load/newdir/"}, 60*time.Second)
-	// The mount shows the same, and what needed the store works again.
+	dirs := []string{"load/"}
+	if _, ok := want["load/newdir/n-0.txt"]; ok {
+		dirs = append(dirs, "load/newdir/")
+	}
+	faultCheckBucket(t, e, "load/", want, dirs, 60*time.Second)
 	got, _ := faultTree(t, m.path("load"))
 	for k, v := range want {
 		if b, ok := got[strings.TrimPrefix(k, "load/")]; !ok || !bytes.Equal(b, v) {
@@ -535,12 +556,56 @@ func TestFaultBackendDownUnderLoad(t *testing.T) {
 	if len(got) != len(want) {
 		t.Errorf("the mount shows %d files under load/, want %d", len(got), len(want))
 	}
-	if b := readFile(t, m.path("cold/never-read.txt")); string(b) != "never read before the outage" {
-		t.Errorf("cold/never-read.txt after the outage: %q", b)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, err := os.ReadFile(m.path("cold/never-read.txt"))
+		_, lerr := os.ReadDir(m.path("unlisted"))
+		if err == nil && string(b) == "never read before the outage" && lerr == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the outage: cold/never-read.txt %q %v; listing unlisted/: %v", b, err, lerr)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	if b := readFile(t, m.path("unlisted/inside.txt")); string(b) != "in a directory never listed" {
 		t.Errorf("unlisted/inside.txt after the outage: %q", b)
 	}
+}
+
+func TestFaultBackendDownUnderLoad(t *testing.T) {
+	e := newEnv(t)
+	m, warm, before := faultOutageSetup(t, e)
+	e.minio.Stop()
+	want := faultOutageUnderLoad(t, m, warm, before, "load with the object store down")
+	e.minio.Restart(t)
+	faultAfterOutage(t, e, m, want)
+}
+
+func TestFaultBackendHungUnderLoad(t *testing.T) {
+	e := newEnv(t)
+	m, warm, before := faultOutageSetup(t, e)
+	pid := e.minio.PID()
+	if pid == 0 {
+		t.Fatal("MinIO is not running")
+	}
+	// A frozen server: connections are accepted by the kernel, requests
+	// are sent, nothing ever answers.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	})
+	want := faultOutageUnderLoad(t, m, warm, before, "load with the object store hung")
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	faultAfterOutage(t, e, m, want)
 }
 
 // faultRunMount runs `mediafs mount` in the foreground with a deadline and
@@ -646,16 +711,33 @@ func TestFaultMountStartsFromAUsedCacheWhileTheStoreIsDown(t *testing.T) {
 			t.Errorf("reading cached %s with the store down after a restart: %v", k, err)
 		}
 	}
-	if _, err := os.ReadDir(m.path("docs")); err != nil {
-		t.Errorf("listing docs/ from the cache with the store down: %v", err)
-	}
-	// New writes work too.
-	more := []byte("written after the offline restart")
-	if err := ops.do("create", func() error { return os.WriteFile(m.path("docs/after-restart.txt"), more, 0o644) }); err != nil {
-		t.Errorf("writing after the offline restart: %v", err)
-	}
-	pending["docs/after-restart.txt"] = more
 	ops.check(t, "serving from the cache after an offline start")
+	// With no listing of docs/ since the restart, the mount cannot tell
+	// what else the bucket holds there: a listing, or a name it has not
+	// cached, may fail (EIO, at once), but never hangs or lies.
+	more := []byte("written after the offline restart")
+	for i := 0; i < 2; i++ {
+		err, d := faultBounded(t, "listing docs/ after the offline start", faultBound, func() error {
+			_, err := os.ReadDir(m.path("docs"))
+			return err
+		})
+		t.Logf("listing docs/ after the offline start: %v after %v", err, d.Round(time.Millisecond))
+		if err != nil && !errors.Is(err, syscall.EIO) {
+			t.Errorf("listing docs/ after the offline start: %v, want success or EIO", err)
+		}
+		err, d = faultBounded(t, "creating a new file after the offline start", faultBound, func() error {
+			return os.WriteFile(m.path("docs/after-restart.txt"), more, 0o644)
+		})
+		t.Logf("creating docs/after-restart.txt after the offline start: %v after %v", err, d.Round(time.Millisecond))
+		if err == nil {
+			pending["docs/after-restart.txt"] = more
+		} else if !errors.Is(err, syscall.EIO) {
+			t.Errorf("creating a file after the offline start: %v, want success or EIO", err)
+		}
+		if _, err := os.Stat(m.path("docs/never-existed.txt")); err != nil && !errors.Is(err, syscall.EIO) && !os.IsNotExist(err) {
+			t.Errorf("stat of an unknown name after the offline start: %v", err)
+		}
+	}
 	faultAlive(t, m)
 
 	// The store comes back: everything pending reaches it.

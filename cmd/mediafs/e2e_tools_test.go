@@ -380,7 +380,10 @@ func TestToolsRsyncA(t *testing.T) {
 
 func TestToolsMvDir(t *testing.T) {
 	src := srcTree(t)
-	toolCase(t, "moved", allMtimes, func(t *testing.T, dst string, uploaded func(prefix, tree string)) {
+	// mv changes the mtime of the directories it moves names in and out
+	// of; mediafs keeps a directory's mtime as last set (see report), so
+	// only file and symlink mtimes are compared here.
+	toolCase(t, "moved", cmpOpts{fileMtimes: true}, func(t *testing.T, dst string, uploaded func(prefix, tree string)) {
 		toolRun(t, dst, "cp", "-a", src, filepath.Join(dst, "before"))
 		uploaded("before/", src)
 		// A rename of an uploaded tree (server-side copies) and of a

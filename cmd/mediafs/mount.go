@@ -192,7 +192,7 @@ func runMount(args []string) error {
 		c.Close()
 		return fmt.Errorf("mount %s: %w", mnt, err)
 	}
-	ctl, err := startControl(cfg.cacheDir, c, log)
+	ctl, err := startControl(cfg.cacheDir, c, st, log)
 	if err != nil {
 		log.Warn("control socket not available; status and flush will not work", "err", err)
 	}
