@@ -52,6 +52,8 @@ type Item struct {
 	dirtyData   bool        // changed since the last journal write
 	dropOnClose atomic.Bool // set by dropData: remove the file on last close
 	removed     bool
+	// claimSent: the O_EXCL claim went unanswered (see Record.Sent).
+	claimSent bool
 	// blocks is set while the data file holds only some blocks.
 	blocks *blockMap
 	// cachedIO counts open handles served through the daemon rather than
@@ -544,6 +546,9 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 	if err != nil {
 		return 0, fmt.Errorf("journal %s: %w", it.key, err)
 	}
+	// The record refers to the data file now: whatever dropped it before
+	// (it was a clean copy replaced or renamed), it stays.
+	it.dropOnClose.Store(false)
 	if oldData != 0 {
 		c.dropData(oldData)
 	}

@@ -77,9 +77,15 @@ type Record struct {
 	// that the change replaces though it is based on no version of it
 	// (a create over a pending delete, say): dropping the change must
 	// still delete the object.
-	InBucket bool      `json:"inBucket,omitempty"`
-	Gen      uint64    `json:"gen"`
-	Since    time.Time `json:"since"`
+	InBucket bool `json:"inBucket,omitempty"`
+	// Sent is set when a request writing this key went unanswered (a
+	// timeout, a lost connection): the server may still carry it out (a
+	// hung server does when it wakes), so the key may hold an object
+	// that dropping the change must delete. Unlike InBucket it does not
+	// lift the If-None-Match of an O_EXCL create: that object is ours.
+	Sent  bool      `json:"sent,omitempty"`
+	Gen   uint64    `json:"gen"`
+	Since time.Time `json:"since"`
 }
 
 // Clean records a data file that holds one object version.
@@ -100,7 +106,7 @@ type Clean struct {
 // inBucket reports whether, while r is the pending record of key, the
 // bucket may hold an object under key.
 func (r Record) inBucket(key string) bool {
-	return r.InBucket || r.Uploaded || r.BaseETag != "" || r.Op == OpDelete ||
+	return r.InBucket || r.Sent || r.Uploaded || r.BaseETag != "" || r.Op == OpDelete ||
 		(r.Op == OpCopy && r.Src == key)
 }
 

@@ -53,10 +53,14 @@ func (c *Cache) Create(ctx context.Context, key string, a Attr, excl bool) (*Han
 	}
 	it.mu.Lock()
 	_, err = c.journalPut(it, 0, a.Mtime)
+	claimSent := it.claimSent
 	it.mu.Unlock()
 	if err != nil {
 		h.Release()
 		return nil, err
+	}
+	if claimSent {
+		c.markSent(key)
 	}
 	return h, nil
 }
@@ -95,6 +99,9 @@ func (c *Cache) claim(ctx context.Context, it *Item, a Attr) error {
 		return os.ErrExist
 	case errors.Is(err, backend.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		c.log.Debug("O_EXCL claim not possible, backend unavailable; exclusive on this machine only", "key", it.key)
+		it.mu.Lock()
+		it.claimSent = true // the empty claim object may still land
+		it.mu.Unlock()
 		return nil
 	}
 	return err
@@ -488,6 +495,7 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 	case okOld && rOld.Op == OpPut:
 		r := rOld
 		r.Gen, r.BaseETag, r.Excl, r.Uploaded, r.Since = gen, "", false, false, time.Time{}
+		r.Sent = false // what an unanswered request may have left is at oldKey
 		r.InBucket = okNew && rNew.inBucket(newKey)
 		r.After = after
 		if err := putRecord(txn, newKey, r); err != nil {
@@ -499,7 +507,7 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 		return setOld(Record{Op: OpDelete, After: rOld.After})
 	case okOld && rOld.Op == OpCopy:
 		r := rOld
-		r.Gen, r.Since = gen, time.Time{}
+		r.Gen, r.Since, r.Sent = gen, time.Time{}, false
 		r.InBucket = okNew && rNew.inBucket(newKey)
 		r.After = after
 		if err := putRecord(txn, newKey, r); err != nil {
@@ -518,8 +526,8 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 				return err
 			}
 		}
-		if rOld.InBucket {
-			return setOld(Record{Op: OpDelete, After: rOld.After}) // it replaced an object there
+		if rOld.InBucket || rOld.Sent {
+			return setOld(Record{Op: OpDelete, After: rOld.After}) // it replaced an object there, or may have made one
 		}
 		return txn.Delete(jKey(oldKey))
 	default:
@@ -572,21 +580,24 @@ func (c *Cache) renameDir(ctx context.Context, oldDir, newDir string) error {
 			return ErrNotEmpty
 		}
 	}
-	lctx, cancel := c.opCtx(ctx)
-	objs, err := c.st.ListAll(lctx, oldDir)
-	cancel()
-	if err != nil {
-		return err
-	}
+	// The journal first, then the bucket: a record applied in between
+	// (or later) is then found in one of them, and is renamed as the
+	// object it became (see below).
 	pending := map[string]Record{}
 	var pendingKeys []string
-	err = c.db.View(func(txn *badger.Txn) error {
+	err := c.db.View(func(txn *badger.Txn) error {
 		return scanRecords(txn, oldDir, func(k string, r Record) error {
 			pending[k] = r
 			pendingKeys = append(pendingKeys, k)
 			return nil
 		})
 	})
+	if err != nil {
+		return err
+	}
+	lctx, cancel := c.opCtx(ctx)
+	objs, err := c.st.ListAll(lctx, oldDir)
+	cancel()
 	if err != nil {
 		return err
 	}

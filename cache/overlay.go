@@ -207,7 +207,9 @@ func (c *Cache) fetchListing(ctx context.Context, dirKey string, l *dirListing) 
 		close(l.done)
 		return err
 	}
+	c.mu.Lock()
 	l.prev = nil
+	c.mu.Unlock()
 	l.entries = make(map[string]Entry, len(res.Objects)+len(res.Prefixes))
 	for _, o := range res.Objects {
 		if o.Key == dirKey {
@@ -339,14 +341,24 @@ func (c *Cache) applyRecent(dirKey string, l *dirListing, out map[string]Entry) 
 	}
 }
 
+// entriesOf returns a listing's entries. noteRemote replaces the map
+// (never changes it in place) under c.mu, so the map read here under c.mu
+// can be used after it is released.
+func (c *Cache) entriesOf(l *dirListing) map[string]Entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return l.entries
+}
+
 // List returns the entries of directory dirKey ("" is the root).
 func (c *Cache) List(ctx context.Context, dirKey string) ([]Entry, error) {
 	l, err := c.listing(ctx, dirKey)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]Entry, len(l.entries))
-	for k, v := range l.entries {
+	entries := c.entriesOf(l)
+	out := make(map[string]Entry, len(entries))
+	for k, v := range entries {
 		out[k] = v
 	}
 	c.applyRecent(dirKey, l, out)
@@ -489,7 +501,7 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 	}
 	name := baseName(key)
 	one := map[string]Entry{}
-	if e, ok := l.entries[name]; ok {
+	if e, ok := c.entriesOf(l)[name]; ok {
 		one[name] = e
 	}
 	c.applyRecent(dirKey, l, one)

@@ -374,6 +374,36 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 	return 0, fmt.Errorf("journal %s: unknown op %q", key, r.Op)
 }
 
+// markSent records that a request writing key went unanswered (see
+// Record.Sent). If the key has no record any more (unlinked or renamed
+// away while the request hung), the object it may have left is deleted,
+// as dropIfVanished does after an upload that succeeded.
+func (c *Cache) markSent(key string) {
+	queued := false
+	err := c.update(func(txn *badger.Txn) error {
+		queued = false
+		cur, ok, err := getRecord(txn, key)
+		switch {
+		case err != nil:
+			return err
+		case !ok:
+			queued = true
+			return putRecord(txn, key, Record{Op: OpDelete, Gen: 1})
+		case cur.Sent || cur.Op == OpDelete:
+			return nil
+		}
+		cur.Sent = true
+		return putRecord(txn, key, cur)
+	})
+	if err != nil {
+		c.log.Warn("journal an unanswered upload", "key", key, "err", err)
+		return
+	}
+	if queued {
+		c.up.enqueue(key, 0)
+	}
+}
+
 // pendingBelow returns the keys strictly below dirKey that have a record.
 func (c *Cache) pendingBelow(dirKey string) ([]string, error) {
 	var below []string
@@ -450,6 +480,9 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 	}
 	obj, err := c.st.Put(ctx, key, body, size, opts)
 	c.noteBackend(err)
+	if errors.Is(err, backend.ErrUnavailable) {
+		c.markSent(key)
+	}
 	if errors.Is(err, backend.ErrConflict) && snapshot == "" {
 		return u.conflict(ctx, key, r, body, size, opts, tag)
 	}
@@ -514,6 +547,9 @@ func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duratio
 		Metadata:    metaFromAttr(r.Attr),
 	})
 	c.noteBackend(err)
+	if errors.Is(err, backend.ErrUnavailable) {
+		c.markSent(key)
+	}
 	if errors.Is(err, backend.ErrNotFound) {
 		c.log.Error("copy source vanished from the bucket; rename or attribute change dropped", "key", key, "src", r.Src)
 		_, ferr := u.finish(key, r, nil)
@@ -547,8 +583,23 @@ func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
 	c := u.c
 	done := false
 	var drop uint64
+	// A writer may have opened the data file again while it was being
+	// uploaded: then it is no clean copy of the version (a crash must not
+	// pass its changes off as that version, a rename must not drop it as
+	// a stale copy). Its lock keeps writers out until the record is done.
+	var held *Item
+	writing := false
+	if clean != nil && clean.DataID != 0 {
+		c.mu.Lock()
+		held = c.items[key]
+		c.mu.Unlock()
+		if held != nil {
+			held.mu.Lock()
+		}
+	}
 	err := c.update(func(txn *badger.Txn) error {
 		done, drop = false, 0
+		writing = held != nil && held.writers > 0 && held.id.Load() == clean.DataID
 		cur, ok, err := getRecord(txn, key)
 		if err != nil || !ok {
 			return err
@@ -566,13 +617,28 @@ func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
 			return err
 		}
 		if clean != nil && clean.DataID != 0 {
-			if old, ok, err := getClean(txn, key); err == nil && ok && old.DataID != clean.DataID {
+			old, hasOld, err := getClean(txn, key)
+			if err == nil && hasOld && old.DataID != clean.DataID {
 				drop = old.DataID
+			}
+			if writing {
+				if hasOld {
+					return txn.Delete(cKey(key))
+				}
+				return nil
 			}
 			return txn.Set(cKey(key), encode(*clean))
 		}
 		return nil
 	})
+	if held != nil {
+		if err == nil && done && writing {
+			// No record refers to the file now: it goes on the last
+			// close, unless the writer's changes are journaled.
+			held.dropOnClose.Store(true)
+		}
+		held.mu.Unlock()
+	}
 	if err != nil {
 		return false, err
 	}
@@ -580,7 +646,7 @@ func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
 	if clean != nil && clean.ETag != "" {
 		c.rebase(key, r.DataID, clean.ETag)
 	}
-	if done && clean != nil && clean.DataID != 0 {
+	if done && clean != nil && clean.DataID != 0 && !writing {
 		c.lru.add(clean.DataID, key, clean.Size)
 	} else if !done {
 		u.enqueue(key, c.o.WritebackDelay)
