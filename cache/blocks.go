@@ -116,6 +116,10 @@ func loadBitmap(txn *badger.Txn, id uint64) ([]bool, error) {
 		if err := json.Unmarshal(v, &raw); err != nil {
 			return err
 		}
+		if raw.N < 0 || raw.N > len(raw.Bits)*8 {
+			// Torn or foreign: the caller refetches instead of crashing.
+			return fmt.Errorf("block bitmap of %d blocks in %d bytes", raw.N, len(raw.Bits))
+		}
 		for i := 0; i < raw.N; i++ {
 			have = append(have, raw.Bits[i/8]&(1<<(i%8)) != 0)
 		}
@@ -289,8 +293,10 @@ func (m *blockMap) budget() int64 {
 	if limit <= 0 || m.size <= limit {
 		return 0
 	}
-	if limit < 4*blockSize*maxFetches {
-		limit = 4 * blockSize * maxFetches
+	// The window must hold the block being read plus the read-ahead, or
+	// trimming would punch out what the reader is about to use.
+	if min := int64(readAhead+maxFetches) * blockSize; limit < min {
+		limit = min
 	}
 	return limit
 }

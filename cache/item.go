@@ -534,7 +534,7 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 		if ok {
 			r.Gen = old.Gen + 1
 			r.Since = old.Since
-			r.InBucket = old.inBucket(it.key)
+			r.InBucket, r.Sent = old.sentApart().inBucket(it.key), old.Sent
 			r.After = old.After // still the source of a pending rename
 			if old.Op == OpPut && old.DataID != it.id.Load() {
 				oldData = old.DataID
@@ -610,6 +610,25 @@ func (h *Handle) Release() {
 
 // Writable reports whether the handle was opened for writing.
 func (h *Handle) Writable() bool { return h.write && h.it != nil }
+
+// Allocate is fallocate(2) on the data file. It works for every writable
+// handle, including one served through the daemon (while another handle
+// of the file reads a partial block-cache file, say).
+func (h *Handle) Allocate(off, size int64, mode uint32) error {
+	if h.it == nil || !h.write {
+		return syscall.EBADF
+	}
+	h.it.mu.Lock()
+	defer h.it.mu.Unlock()
+	if h.it.f == nil {
+		return syscall.EBADF
+	}
+	if err := syscall.Fallocate(int(h.it.f.Fd()), mode, off, size); err != nil {
+		return err
+	}
+	h.it.dirtyData = true
+	return nil
+}
 
 // MarkDirty records a change made behind the handle's back (fallocate).
 func (h *Handle) MarkDirty() {

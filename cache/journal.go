@@ -110,6 +110,13 @@ func (r Record) inBucket(key string) bool {
 		(r.Op == OpCopy && r.Src == key)
 }
 
+// sentApart is r without Sent: a new generation carries Sent as it is, so
+// that it keeps an O_EXCL create's If-None-Match (InBucket would lift it).
+func (r Record) sentApart() Record {
+	r.Sent = false
+	return r
+}
+
 func jKey(key string) []byte { return []byte("j/" + key) }
 func cKey(key string) []byte { return []byte("c/" + key) }
 

@@ -47,10 +47,12 @@ func attrFromMeta(md map[string]string, dir bool, lastMod time.Time, d Defaults)
 				a.Mode = a.Mode&syscall.S_IFMT | m32&07777
 			case dir && m32&syscall.S_IFMT != syscall.S_IFDIR:
 				a.Mode = syscall.S_IFDIR | m32&07777
-			case !dir && m32&syscall.S_IFMT == syscall.S_IFDIR:
+			case !dir && m32&syscall.S_IFMT != syscall.S_IFREG && m32&syscall.S_IFMT != syscall.S_IFLNK:
+				// A directory, device, FIFO, socket or no valid type on a
+				// file key: the mount shows a regular file, so it is one.
 				a.Mode = syscall.S_IFREG | m32&07777
 			default:
-				a.Mode = m32
+				a.Mode = m32 & (syscall.S_IFMT | 07777)
 			}
 		}
 	}

@@ -208,6 +208,7 @@ func (c *Cache) Mkdir(ctx context.Context, dirKey string, a Attr) error {
 		r := Record{Op: OpPut, Attr: a, Gen: 1}
 		if ok {
 			r.Gen = old.Gen + 1
+			r.InBucket = old.inBucket(dirKey) // mkdir after rmdir
 		}
 		return putRecord(txn, dirKey, r)
 	})
@@ -268,7 +269,7 @@ func (c *Cache) Symlink(ctx context.Context, key, target string, a Attr) error {
 		r := Record{Op: OpPut, DataID: id, Size: int64(len(target)), Attr: a, Symlink: true, Gen: 1}
 		if ok {
 			r.Gen = old.Gen + 1
-			r.InBucket = old.inBucket(key)
+			r.InBucket, r.Sent = old.sentApart().inBucket(key), old.Sent
 			if old.Op == OpPut {
 				drop = old.DataID
 			}
@@ -386,7 +387,9 @@ func (c *Cache) SetAttr(ctx context.Context, key string, e Entry, ch AttrChange)
 				os.Chtimes(c.dataPath(old.DataID), *ch.Mtime, *ch.Mtime)
 			}
 		case IsDirKey(key):
-			r = Record{Op: OpPut, Attr: ch.apply(e.Attr), Gen: 1}
+			// The directory exists, so its marker may be in the bucket:
+			// a rename or rmdir before this upload must still delete it.
+			r = Record{Op: OpPut, Attr: ch.apply(e.Attr), Gen: 1, InBucket: true}
 		default:
 			r = Record{Op: OpCopy, Src: key, SrcSize: e.Size, Attr: ch.apply(e.Attr), BaseETag: e.ETag, Gen: 1}
 			if cl, ok, err := getClean(txn, key); err == nil && ok && ch.Mtime != nil {

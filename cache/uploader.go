@@ -374,6 +374,29 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 	return 0, fmt.Errorf("journal %s: unknown op %q", key, r.Op)
 }
 
+// markSending records, before an upload or copy to key is sent, that the
+// bucket may hold what it writes from then on (see Record.Sent): if the
+// change is dropped later, even after a kill -9 while the request was in
+// flight, the key is deleted. It reports false when key has no record any
+// more (nothing to send).
+func (c *Cache) markSending(key string) bool {
+	ok := false
+	err := c.update(func(txn *badger.Txn) error {
+		cur, found, err := getRecord(txn, key)
+		ok = found && cur.Op != OpDelete
+		if err != nil || !ok || cur.inBucket(key) {
+			return err
+		}
+		cur.Sent = true
+		return putRecord(txn, key, cur)
+	})
+	if err != nil {
+		c.log.Warn("journal an upload about to be sent", "key", key, "err", err)
+		return true
+	}
+	return ok
+}
+
 // markSent records that a request writing key went unanswered (see
 // Record.Sent). If the key has no record any more (unlinked or renamed
 // away while the request hung), the object it may have left is deleted,
@@ -478,6 +501,9 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 		// unlinked or renamed away, whose object is still there.)
 		opts.IfNoneMatch = true
 	}
+	if !c.markSending(key) {
+		return 0, nil // unlinked or renamed away meanwhile: nothing to upload
+	}
 	obj, err := c.st.Put(ctx, key, body, size, opts)
 	c.noteBackend(err)
 	if errors.Is(err, backend.ErrUnavailable) {
@@ -542,6 +568,9 @@ func (u *uploader) dropIfVanished(key string) {
 
 func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duration, error) {
 	c := u.c
+	if !c.markSending(key) {
+		return 0, nil
+	}
 	obj, err := c.st.Copy(ctx, r.Src, key, r.SrcSize, backend.PutOptions{
 		ContentType: contentType(key, r.Symlink),
 		Metadata:    metaFromAttr(r.Attr),

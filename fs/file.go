@@ -228,15 +228,8 @@ func (fh *fileHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Er
 
 // Allocate implements gofs.FileAllocater (fallocate).
 func (fh *fileHandle) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
-	fd, ok := fh.h.Fd()
-	if !ok || !fh.h.Writable() {
-		return syscall.EBADF
-	}
-	if err := syscall.Fallocate(fd, mode, int64(off), int64(size)); err != nil {
-		return toErrno(err)
-	}
-	fh.h.MarkDirty()
-	return 0
+	// Through the data file, whether or not the handle is passthrough.
+	return toErrno(fh.h.Allocate(int64(off), int64(size), mode))
 }
 
 var _ = time.Now

@@ -322,7 +322,19 @@ func (b *bench) runTarget(t *target) {
 				fail(err, "seq_in_bucket")
 			}
 		}
-		b.prof(t, "seq_read_warm", func() { err = b.seqRead(t, "big.bin", "seq_read_warm", "") })
+		// Warm: the page cache (or the daemon's cache) holds it; best of
+		// three passes, since one pass of a cached file is short.
+		b.prof(t, "seq_read_warm", func() {
+			best := 0.0
+			for i := 0; i < 3 && err == nil; i++ {
+				if err = b.seqRead(t, "big.bin", "seq_read_warm", "best of 3"); err == nil {
+					best = max(best, t.cells["seq_read_warm"].v)
+				}
+			}
+			if err == nil {
+				t.set("seq_read_warm", best, "best of 3")
+			}
+		})
 		if err != nil {
 			fail(err, "seq_read_warm")
 		}

@@ -36,6 +36,7 @@ type phaseStat struct {
 	wall  time.Duration
 	ops   []opStat
 	s3    []callStat
+	hwm   int64 // the daemon's VmHWM after the phase
 	err   string
 }
 
@@ -284,6 +285,9 @@ func (b *bench) prof(t *target, phase string, f func()) {
 	start := time.Now()
 	b.cpuProfile(t, phase, f)
 	ps := phaseStat{phase: phase, wall: time.Since(start), err: ferr}
+	if t.cur != nil && !t.cur.exited() {
+		ps.hwm = vmHWM(t.cur.pid())
+	}
 	if before != nil {
 		after := b.s3Counts()
 		own := map[string]float64{

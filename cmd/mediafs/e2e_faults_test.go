@@ -233,6 +233,7 @@ type faultLoad struct {
 	t    *testing.T
 	m    *mnt
 	dir  string
+	tag  string // names of this load's files start with it
 	ops  *faultOps
 	seed int64
 
@@ -243,8 +244,8 @@ type faultLoad struct {
 	n       int
 }
 
-func newFaultLoad(t *testing.T, m *mnt, dir string, ops *faultOps, seed int64) *faultLoad {
-	return &faultLoad{t: t, m: m, dir: dir, ops: ops, seed: seed, files: map[string][]byte{}, gone: map[string]bool{}}
+func newFaultLoad(t *testing.T, m *mnt, dir, tag string, ops *faultOps, seed int64) *faultLoad {
+	return &faultLoad{t: t, m: m, dir: dir, tag: tag, ops: ops, seed: seed, files: map[string][]byte{}, gone: map[string]bool{}}
 }
 
 // step runs one operation of the mix: create, O_EXCL create, overwrite,
@@ -258,7 +259,7 @@ func (l *faultLoad) step(r *rand.Rand) {
 		victim = l.pending[r.Intn(len(l.pending))]
 	}
 	l.mu.Unlock()
-	key := fmt.Sprintf("%s/f-%04d.jpg", l.dir, i)
+	key := fmt.Sprintf("%s/%sf-%04d.jpg", l.dir, l.tag, i)
 	data := faultBytes(l.seed+int64(i), 1+r.Intn(200<<10))
 	switch k := r.Intn(10); {
 	case k < 4 || victim == "":
@@ -286,7 +287,7 @@ func (l *faultLoad) step(r *rand.Rand) {
 			l.add(victim, data)
 		}
 	case k < 7:
-		to := fmt.Sprintf("%s/renamed-%04d.jpg", l.dir, i)
+		to := fmt.Sprintf("%s/%srenamed-%04d.jpg", l.dir, l.tag, i)
 		if l.ops.do("rename-pending", func() error { return os.Rename(l.m.path(victim), l.m.path(to)) }) == nil {
 			l.mu.Lock()
 			l.files[to] = l.files[victim]
@@ -466,18 +467,17 @@ func faultOutageUnderLoad(t *testing.T, m *mnt, warm, before map[string][]byte, 
 
 	// Two writers and a reader of cached files, for ~15-20 s.
 	ops := newFaultOps(faultLocal)
-	load := newFaultLoad(t, m, "load", ops, 1000)
-	for k, v := range before {
-		load.files[k] = v
-	}
+	// Each writer works on its own names, so that one never renames or
+	// deletes what the other just did.
+	loads := []*faultLoad{newFaultLoad(t, m, "load", "a-", ops, 1000), newFaultLoad(t, m, "load", "b-", ops, 2000)}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for w := 0; w < 2; w++ {
+	for w, load := range loads {
 		wg.Add(1)
-		go func(w int) {
+		go func(w int, load *faultLoad) {
 			defer wg.Done()
 			load.run(stop, int64(w))
-		}(w)
+		}(w, load)
 	}
 	wg.Add(1)
 	go func() {
@@ -525,11 +525,16 @@ func faultOutageUnderLoad(t *testing.T, m *mnt, warm, before map[string][]byte, 
 	ops.check(t, what)
 	faultAlive(t, m)
 
-	load.mu.Lock()
-	defer load.mu.Unlock()
 	want := map[string][]byte{}
-	for k, v := range load.files {
+	for k, v := range before {
 		want[k] = v
+	}
+	for _, load := range loads {
+		load.mu.Lock()
+		for k, v := range load.files {
+			want[k] = v
+		}
+		load.mu.Unlock()
 	}
 	for k, v := range offline {
 		want[k] = v
@@ -744,4 +749,564 @@ func TestFaultMountStartsFromAUsedCacheWhileTheStoreIsDown(t *testing.T) {
 	e.minio.Restart(t)
 	pending["docs/uploaded.txt"] = uploaded
 	faultCheckBucket(t, e, "docs/", pending, []string{"docs/"}, 60*time.Second)
+}
+
+// faultModel is what a workload was told is stored: every operation that
+// returned success. An operation cut short by kill -9 is in doubt: its
+// keys are set aside and checked at the end against what it may have
+// left (see faultDoubt).
+type faultModel struct {
+	files  map[string][]byte // acknowledged files
+	dirs   map[string]bool   // acknowledged directories (marker keys, "x/")
+	doubts []faultDoubt
+	held   map[string]bool // keys of doubts: no later operation uses them
+}
+
+// faultDoubt is one operation in flight when the daemon was killed.
+type faultDoubt struct {
+	what string
+	keys []string
+	// ok says whether what the keys hold (absent: ok false) is a state
+	// the operation may have left: not started, done, or (for a write)
+	// cut short.
+	ok func(get func(key string) ([]byte, bool)) bool
+}
+
+func newFaultModel() *faultModel {
+	return &faultModel{files: map[string][]byte{}, dirs: map[string]bool{}, held: map[string]bool{}}
+}
+
+func (fm *faultModel) doubt(what string, ok func(get func(string) ([]byte, bool)) bool, keys ...string) {
+	fm.doubts = append(fm.doubts, faultDoubt{what: what, keys: keys, ok: ok})
+	for _, k := range keys {
+		fm.held[k] = true
+		delete(fm.files, k)
+		delete(fm.dirs, k)
+	}
+}
+
+// pick returns a random acknowledged file under dir ("" if none).
+func (fm *faultModel) pick(r *rand.Rand, dir string) string {
+	var ks []string
+	for k := range fm.files {
+		if strings.HasPrefix(k, dir) && !strings.Contains(k[len(dir):], "/") {
+			ks = append(ks, k)
+		}
+	}
+	if len(ks) == 0 {
+		return ""
+	}
+	sort.Strings(ks)
+	return ks[r.Intn(len(ks))]
+}
+
+// faultPlausibleWrite reports whether got may be what a write of want
+// over old left when it was cut short.
+func faultPlausibleWrite(got []byte, gotOK bool, old []byte, oldOK bool, want []byte) bool {
+	if !gotOK {
+		return !oldOK
+	}
+	return oldOK && bytes.Equal(got, old) || bytes.HasPrefix(want, got)
+}
+
+// faultIsDead reports whether the daemon has exited (waiting a little for
+// the kill to land).
+func faultIsDead(m *mnt) bool {
+	select {
+	case <-m.done:
+		return true
+	case <-time.After(3 * time.Second):
+		return false
+	}
+}
+
+func TestFaultKill9AtRandomMoments(t *testing.T) {
+	seed := time.Now().UnixNano()
+	if s := os.Getenv("MEDIAFS_FAULT_SEED"); s != "" {
+		fmt.Sscan(s, &seed)
+	}
+	t.Logf("seed %d (rerun with MEDIAFS_FAULT_SEED=%d for the same schedule)", seed, seed)
+	r := rand.New(rand.NewSource(seed))
+	e := newEnv(t)
+	m := e.mount(t, "--drain-timeout", "50s")
+	fm := newFaultModel()
+
+	// Before any kill: the top directory and a tree of 50 files to be
+	// renamed as a whole.
+	if err := os.Mkdir(m.path("chaos"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fm.dirs["chaos/"] = true
+	tree := "chaos/tree-0/"
+	if err := os.Mkdir(m.path(tree), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fm.dirs[tree] = true
+	for i := 0; i < 50; i++ {
+		k := fmt.Sprintf("%sleaf-%02d.txt", tree, i)
+		fm.files[k] = faultBytes(int64(i), 100+i*200)
+		writeFile(t, m.path(k), fm.files[k])
+	}
+	treeGen := 0
+	bigs := 0
+	// written maps the hash of everything written to what it was, to
+	// explain a mismatch.
+	written := map[string]string{}
+	for k, v := range fm.files {
+		written[faultSHA(v)] = k
+	}
+	ack := func(key string, data []byte, n int) {
+		fm.files[key] = data
+		written[faultSHA(data)] = fmt.Sprintf("%s (op %d)", key, n)
+	}
+
+	get := func(key string) ([]byte, bool) {
+		if strings.HasSuffix(key, "/") {
+			st, err := os.Stat(m.path(key))
+			return nil, err == nil && st.IsDir()
+		}
+		b, err := os.ReadFile(m.path(key))
+		if err != nil {
+			if !os.IsNotExist(err) {
+				t.Errorf("reading %s through the mount: %v", key, err)
+			}
+			return nil, false
+		}
+		return b, true
+	}
+
+	const rounds = 5
+	n := 0
+	for round := 0; round < rounds; round++ {
+		killAt := time.Duration(200+r.Intn(2300)) * time.Millisecond
+		t.Logf("round %d: kill -9 after %v", round, killAt)
+		proc := m.cmd.Process
+		killed := time.AfterFunc(killAt, func() { proc.Kill() })
+		ops := 0
+		for {
+			n++
+			ops++
+			var what string
+			var err error
+			var onOK func()
+			var onDoubt func()
+			switch k := r.Intn(20); {
+			case k == 0 && bigs < 3 || ops == 3 && round == 1:
+				// A 40 MiB file: uploaded in parts.
+				key := fmt.Sprintf("chaos/big-%03d.mp4", n)
+				data := faultBytes(int64(n)*7919, 40<<20)
+				bigs++
+				what = "write 40 MiB " + key
+				err = os.WriteFile(m.path(key), data, 0o644)
+				onOK = func() { ack(key, data, n) }
+				onDoubt = func() {
+					fm.doubt(what, func(get func(string) ([]byte, bool)) bool {
+						b, ok := get(key)
+						return faultPlausibleWrite(b, ok, nil, false, data)
+					}, key)
+				}
+			case k == 1 || ops == 2 && round == 2:
+				// Rename the tree of 50 files: all or nothing.
+				if tree == "" {
+					continue
+				}
+				from := tree
+				to := fmt.Sprintf("chaos/tree-%d/", treeGen+1)
+				var moved []string
+				for f := range fm.files {
+					if strings.HasPrefix(f, from) {
+						moved = append(moved, f[len(from):])
+					}
+				}
+				what = "rename directory " + from + " -> " + to
+				err = os.Rename(m.path(strings.TrimSuffix(from, "/")), m.path(strings.TrimSuffix(to, "/")))
+				onOK = func() {
+					for _, f := range moved {
+						fm.files[to+f] = fm.files[from+f]
+						delete(fm.files, from+f)
+					}
+					delete(fm.dirs, from)
+					fm.dirs[to] = true
+					tree, treeGen = to, treeGen+1
+				}
+				onDoubt = func() {
+					contents := map[string][]byte{}
+					var keys []string
+					for _, f := range moved {
+						contents[f] = fm.files[from+f]
+						keys = append(keys, from+f, to+f)
+					}
+					keys = append(keys, from, to)
+					fm.doubt(what, func(get func(string) ([]byte, bool)) bool {
+						side := func(dir string) int { // files of the tree found under dir
+							c := 0
+							for _, f := range moved {
+								if b, ok := get(dir + f); ok {
+									if !bytes.Equal(b, contents[f]) {
+										return -1
+									}
+									c++
+								}
+							}
+							return c
+						}
+						a, b := side(from), side(to)
+						_, fromDir := get(from)
+						_, toDir := get(to)
+						return a == len(moved) && b == 0 && fromDir || a == 0 && b == len(moved) && toDir && !fromDir
+					}, keys...)
+					tree = "" // no more tree renames
+				}
+			case k < 9:
+				key := fmt.Sprintf("chaos/new-%04d.jpg", n)
+				data := faultBytes(int64(n), 1+r.Intn(300<<10))
+				what = "create " + key
+				err = os.WriteFile(m.path(key), data, 0o644)
+				onOK = func() { ack(key, data, n) }
+				onDoubt = func() {
+					fm.doubt(what, func(get func(string) ([]byte, bool)) bool {
+						b, ok := get(key)
+						return faultPlausibleWrite(b, ok, nil, false, data)
+					}, key)
+				}
+			case k < 13:
+				key := fm.pick(r, "chaos/")
+				if key == "" {
+					continue
+				}
+				old := fm.files[key]
+				data := faultBytes(int64(n)+1e6, 1+r.Intn(300<<10))
+				what = "overwrite " + key
+				err = os.WriteFile(m.path(key), data, 0o644)
+				onOK = func() { ack(key, data, n) }
+				onDoubt = func() {
+					fm.doubt(what, func(get func(string) ([]byte, bool)) bool {
+						b, ok := get(key)
+						return faultPlausibleWrite(b, ok, old, true, data)
+					}, key)
+				}
+			case k < 17:
+				key := fm.pick(r, "chaos/")
+				if key == "" {
+					continue
+				}
+				to := fmt.Sprintf("chaos/moved-%04d.jpg", n)
+				data := fm.files[key]
+				what = "rename " + key + " -> " + to
+				err = os.Rename(m.path(key), m.path(to))
+				onOK = func() {
+					fm.files[to] = data
+					delete(fm.files, key)
+				}
+				onDoubt = func() {
+					fm.doubt(what, func(get func(string) ([]byte, bool)) bool {
+						a, aok := get(key)
+						b, bok := get(to)
+						return aok && !bok && bytes.Equal(a, data) || !aok && bok && bytes.Equal(b, data)
+					}, key, to)
+				}
+			default:
+				key := fm.pick(r, "chaos/")
+				if key == "" {
+					continue
+				}
+				data := fm.files[key]
+				what = "delete " + key
+				err = os.Remove(m.path(key))
+				onOK = func() { delete(fm.files, key) }
+				onDoubt = func() {
+					fm.doubt(what, func(get func(string) ([]byte, bool)) bool {
+						b, ok := get(key)
+						return !ok || bytes.Equal(b, data)
+					}, key)
+				}
+			}
+			if err == nil {
+				onOK()
+				continue
+			}
+			if !faultIsDead(m) {
+				t.Errorf("round %d: %s failed with the daemon running: %v", round, what, err)
+			}
+			t.Logf("round %d: after %d ops, %s was cut short: %v", round, ops, what, err)
+			onDoubt()
+			break
+		}
+		killed.Stop()
+		m.kill9(t)
+		m.restart(t)
+		// Right after the restart the mount shows every acknowledged
+		// file, and each doubt in one of its possible states.
+		for k, v := range fm.files {
+			if b, ok := get(k); !ok || !bytes.Equal(b, v) {
+				t.Errorf("round %d: %s after the restart: present %v, %d bytes, want the %d acknowledged; %s",
+					round, k, ok, len(b), len(v), faultWhose(e, b, written))
+			}
+		}
+		for _, d := range fm.doubts {
+			if !d.ok(get) {
+				t.Errorf("round %d: after the restart, %s (cut short) left a state it cannot have left", round, d.what)
+			}
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+
+	// A clean stop drains everything; the bucket then holds exactly the
+	// acknowledged state (and each doubt in one possible state).
+	m.stop(t)
+	bget := func(key string) ([]byte, bool) {
+		b, _, err := e.getObject(key)
+		if err != nil {
+			return nil, false
+		}
+		return b, true
+	}
+	want := map[string]bool{}
+	for k := range fm.files {
+		want[k] = true
+	}
+	for k := range fm.dirs {
+		want[k] = true
+	}
+	for _, d := range fm.doubts {
+		if !d.ok(bget) {
+			t.Errorf("in the bucket, %s (cut short) left a state it cannot have left", d.what)
+		}
+		for _, k := range d.keys {
+			if _, ok := bget(k); ok {
+				want[k] = true
+			}
+		}
+	}
+	got := map[string]bool{}
+	for _, k := range e.keys(t, "chaos/") {
+		got[k] = true
+		if !want[k] {
+			t.Errorf("the bucket holds %s, which no acknowledged operation left", k)
+		}
+	}
+	for k := range want {
+		if !got[k] {
+			t.Errorf("the bucket lacks %s", k)
+		}
+	}
+	for k, v := range fm.files {
+		if b, ok := bget(k); !ok || !bytes.Equal(b, v) {
+			t.Errorf("bucket %s: present %v, %d bytes, want the %d acknowledged", k, ok, len(b), len(v))
+		}
+	}
+	t.Logf("%d acknowledged files, %d directories, %d operations in doubt", len(fm.files), len(fm.dirs), len(fm.doubts))
+
+	// And a fresh start of the mount shows the same.
+	m.restart(t)
+	files, dirs := faultTree(t, m.dir)
+	for k, v := range fm.files {
+		if b, ok := files[k]; !ok || !bytes.Equal(b, v) {
+			t.Errorf("mount %s: present %v, %d bytes, want the %d acknowledged", k, ok, len(b), len(v))
+		}
+	}
+	for k := range files {
+		if !want[k] {
+			t.Errorf("the mount shows %s, which no acknowledged operation left", k)
+		}
+	}
+	shown := map[string]bool{}
+	for _, d := range dirs {
+		shown[d+"/"] = true
+		if !want[d+"/"] {
+			t.Errorf("the mount shows directory %s, which no acknowledged operation left", d)
+		}
+	}
+	for k := range want {
+		if strings.HasSuffix(k, "/") && !shown[k] {
+			t.Errorf("the mount lacks directory %s", k)
+		}
+	}
+}
+
+// faultTmpfs mounts a tmpfs of size bytes and unmounts it when the test
+// ends (after the daemon using it, whose cleanup is registered later).
+func faultTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tmpfs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		for i := 0; i < 20; i++ {
+			if exec.Command("umount", dir).Run() == nil {
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		exec.Command("umount", "-l", dir).Run()
+	})
+	return dir
+}
+
+// faultWriteAll creates path and writes data in 1 MiB writes; it reports
+// the first error and whether close succeeded.
+func faultWriteAll(path string, data []byte) (written int, closeErr, err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return 0, nil, err
+	}
+	for written < len(data) {
+		n, werr := f.Write(data[written:min(len(data), written+1<<20)])
+		written += n
+		if werr != nil {
+			err = werr
+			break
+		}
+	}
+	closeErr = f.Close()
+	if err == nil {
+		err = closeErr
+	}
+	return written, closeErr, err
+}
+
+func TestFaultCacheDiskFull(t *testing.T) {
+	e := newEnv(t)
+	cacheDir := faultTmpfs(t, "64m")
+	const wait = 2 * time.Second
+	m := e.mount(t, "--cache-dir", cacheDir, "--cache-full-wait", wait.String(), "--drain-timeout", "5s")
+	if err := os.Mkdir(m.path("full"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.waitObject(t, "full/", nil, 20*time.Second)
+	// Nothing can be uploaded, so nothing written can be evicted.
+	e.minio.Stop()
+
+	acked := map[string][]byte{}
+	bound := wait + 5*time.Second
+	var sawENOSPC bool
+	// 4 MiB files until the cache refuses.
+	fails := 0
+	for i := 0; i < 30 && fails < 2; i++ {
+		k := fmt.Sprintf("full/f-%02d.bin", i)
+		data := faultBytes(int64(i), 4<<20)
+		var err error
+		_, d := faultBounded(t, "writing "+k+" to a full cache", bound, func() error {
+			_, _, err = faultWriteAll(m.path(k), data)
+			return err
+		})
+		switch {
+		case err == nil:
+			acked[k] = data
+		case errors.Is(err, syscall.ENOSPC):
+			sawENOSPC = true
+			fails++
+			t.Logf("%s: ENOSPC after %v", k, d.Round(time.Millisecond))
+		default:
+			t.Errorf("writing %s to a full cache: %v, want success or ENOSPC", k, err)
+			fails++
+		}
+		faultAlive(t, m)
+	}
+	if !sawENOSPC {
+		t.Fatalf("wrote %d files of 4 MiB to a 64 MiB cache with the store down and never got ENOSPC", len(acked))
+	}
+	t.Logf("%d files of 4 MiB acknowledged before ENOSPC", len(acked))
+
+	// A writer that opened while there was room and writes far more than
+	// fits: its write fails with ENOSPC, the daemon lives on.
+	os.Remove(m.path(fmt.Sprintf("full/f-%02d.bin", len(acked)))) // room for one open
+	var bigWritten int
+	var bigErr, bigClose error
+	big := faultBytes(99, 80<<20)
+	faultBounded(t, "writing 80 MiB into the full cache", bound+10*time.Second, func() error {
+		bigWritten, bigClose, bigErr = faultWriteAll(m.path("full/huge.bin"), big)
+		return bigErr
+	})
+	t.Logf("80 MiB writer: %d bytes written, err %v, close %v", bigWritten, bigErr, bigClose)
+	if bigErr == nil {
+		t.Errorf("writing 80 MiB into a 64 MiB cache succeeded")
+	} else if !errors.Is(bigErr, syscall.ENOSPC) {
+		t.Errorf("writing 80 MiB into a 64 MiB cache: %v, want ENOSPC", bigErr)
+	}
+	faultAlive(t, m)
+	// Still full: a new file waits, then ENOSPC; nothing hangs.
+	err, d := faultBounded(t, "creating a file in the full cache", bound, func() error {
+		return os.WriteFile(m.path("full/one-more.bin"), []byte("x"), 0o644)
+	})
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("creating a file in the full cache: %v after %v, want ENOSPC", err, d)
+	}
+	faultAlive(t, m)
+	// Every file whose close succeeded is intact, and stat works.
+	for k, v := range acked {
+		if b, err := os.ReadFile(m.path(k)); err != nil || !bytes.Equal(b, v) {
+			t.Errorf("%s (acknowledged) read back from the full cache: %v, %d bytes", k, err, len(b))
+		}
+	}
+	if _, err := os.ReadDir(m.path("full")); err != nil {
+		t.Errorf("listing the full cache's directory: %v", err)
+	}
+	if strings.Contains(m.log(), "panic") || strings.Contains(m.log(), "SIGBUS") {
+		t.Fatalf("the daemon log shows a crash:\n%s", tail(m.log(), 4000))
+	}
+
+	// The store comes back: uploads drain, space frees, and new writes
+	// succeed again without a restart.
+	e.minio.Restart(t)
+	for k, v := range acked {
+		e.waitObject(t, k, v, 60*time.Second)
+	}
+	if bigClose == nil {
+		// Closed with what fitted: it is uploaded as it was left.
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			b, _, err := e.getObject("full/huge.bin")
+			if err == nil && len(b) > 0 && bytes.HasPrefix(big, b) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("full/huge.bin (closed after ENOSPC) in the bucket: %v, %d bytes; want a prefix of what was written", err, len(b))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	after := map[string][]byte{}
+	for i := 0; i < 20; i++ { // 80 MiB: more than the whole cache disk
+		k := fmt.Sprintf("full/after-%02d.bin", i)
+		data := faultBytes(int64(1000+i), 4<<20)
+		var err error
+		_, d := faultBounded(t, "writing "+k+" after the store came back", bound+10*time.Second, func() error {
+			_, _, err = faultWriteAll(m.path(k), data)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("writing %s after the store came back: %v after %v", k, err, d)
+		}
+		after[k] = data
+	}
+	for k, v := range after {
+		e.waitObject(t, k, v, 60*time.Second)
+	}
+	// Everything still reads back (evicted files come from the bucket).
+	for _, set := range []map[string][]byte{acked, after} {
+		for k, v := range set {
+			if b, err := os.ReadFile(m.path(k)); err != nil || !bytes.Equal(b, v) {
+				t.Errorf("%s read back after the cache filled and drained: %v, %d bytes", k, err, len(b))
+			}
+		}
+	}
+	faultAlive(t, m)
+	if n := strings.Count(m.log(), "cache disk full"); n == 0 {
+		t.Errorf("the daemon never logged that the cache disk was full")
+	}
+}
+
+// faultWhose explains bytes found where others were expected.
+func faultWhose(e *env, b []byte, written map[string]string) string {
+	if w, ok := written[faultSHA(b)]; ok {
+		return "they are the bytes written as " + w
+	}
+	return fmt.Sprintf("bytes not written by any acknowledged op (sha %s...)", faultSHA(b)[:12])
 }
