@@ -70,7 +70,7 @@ type Cache struct {
 	mu     sync.Mutex // guards items, dirs, recent
 	items  map[string]*Item
 	dirs   map[string]*dirListing
-	recent map[string]recentChange
+	recent map[string]map[string]recentChange // dir key -> key -> change
 	// dirMetas caches directory marker attributes (see dirAttr).
 	dirMetas map[string]dirMeta
 	started  time.Time
@@ -125,7 +125,7 @@ func Open(o Options) (*Cache, error) {
 	}
 	c := &Cache{o: o, log: o.Logger, st: o.Store,
 		dataDir: filepath.Join(o.Dir, "data"),
-		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]recentChange{},
+		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]map[string]recentChange{},
 		dirMetas: map[string]dirMeta{}, started: time.Now()}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)

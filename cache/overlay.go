@@ -24,13 +24,14 @@ import (
 var ErrNotExist = os.ErrNotExist
 
 type dirListing struct {
-	prev    *dirListing // the last good listing, while this one is fetched
-	started time.Time
-	fetched time.Time
-	entries map[string]Entry
-	self    *Entry // the dir's own marker object, when listed
-	done    chan struct{}
-	err     error
+	prev       *dirListing // the last good listing, while this one is fetched
+	refreshing bool        // a background refresh runs (guarded by Cache.mu)
+	started    time.Time
+	fetched    time.Time
+	entries    map[string]Entry
+	self       *Entry // the dir's own marker object, when listed
+	done       chan struct{}
+	err        error
 }
 
 type recentChange struct {
@@ -88,7 +89,20 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 	if l != nil {
 		select {
 		case <-l.done:
-			if l.err == nil && time.Since(l.fetched) < c.o.DirTTL {
+			age := time.Since(l.fetched)
+			if l.err == nil && age < c.o.DirTTL {
+				c.mu.Unlock()
+				return l, nil
+			}
+			if l.err == nil && age < 2*c.o.DirTTL && !c.backendDown() {
+				// Just expired: answer from it while one refresh runs in
+				// the background, so a busy directory's lookups never all
+				// wait for a LIST. What is served is at most about one TTL
+				// plus one LIST old.
+				if !l.refreshing {
+					l.refreshing = true
+					go c.refreshListing(dirKey, l)
+				}
 				c.mu.Unlock()
 				return l, nil
 			}
@@ -164,6 +178,19 @@ func (c *Cache) offlineListing(dirKey string) *dirListing {
 	l := &dirListing{started: now, fetched: now, entries: map[string]Entry{}, done: make(chan struct{})}
 	close(l.done)
 	return l
+}
+
+// refreshListing fetches a new listing of dirKey in the background and
+// puts it in place of old (unless old was dropped or replaced meanwhile).
+func (c *Cache) refreshListing(dirKey string, old *dirListing) {
+	nl := &dirListing{started: time.Now(), done: make(chan struct{})}
+	err := c.fetchListing(context.Background(), dirKey, nl)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old.refreshing = false
+	if err == nil && c.dirs[dirKey] == old {
+		c.dirs[dirKey] = nl
+	}
 }
 
 // backendDown reports whether the backend failed as unavailable recently
@@ -258,7 +285,13 @@ func (c *Cache) noteRemote(key string, e *Entry) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.recent[key] = recentChange{at: now, entry: e}
+	pd := parentDir(key)
+	dir := c.recent[pd]
+	if dir == nil {
+		dir = map[string]recentChange{}
+		c.recent[pd] = dir
+	}
+	dir[key] = recentChange{at: now, entry: e}
 	if IsDirKey(key) {
 		if e != nil {
 			c.dirMetas[key] = dirMeta{attr: e.Attr, at: now, found: true}
@@ -281,31 +314,10 @@ func (c *Cache) noteRemote(key string, e *Entry) {
 			}
 		}
 	}
-	if l := c.dirs[parentDir(key)]; l != nil {
-		select {
-		case <-l.done:
-			if l.err == nil {
-				name := baseName(key)
-				cp := make(map[string]Entry, len(l.entries)+1)
-				for k, v := range l.entries {
-					cp[k] = v
-				}
-				if e != nil {
-					if !(cp[name].Dir && !e.Dir) {
-						cp[name] = *e
-					}
-				} else if old, ok := cp[name]; ok && old.Dir == IsDirKey(key) {
-					delete(cp, name)
-				}
-				l.entries = cp
-			}
-		default:
-		}
-	}
-	if len(c.recent) > 4096 {
-		for k, r := range c.recent {
+	if len(dir) > 1024 {
+		for k, r := range dir {
 			if now.Sub(r.at) > c.o.DirTTL+10*time.Second {
-				delete(c.recent, k)
+				delete(dir, k)
 			}
 		}
 	}
@@ -323,27 +335,39 @@ func (c *Cache) InvalidateDir(dirKey string) {
 func (c *Cache) applyRecent(dirKey string, l *dirListing, out map[string]Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k, r := range c.recent {
-		if parentDir(k) != dirKey || k == dirKey {
-			continue
-		}
-		if l.started.After(r.at.Add(2 * time.Second)) {
-			continue // the listing is newer than the change: trust it
-		}
-		name := baseName(k)
-		if r.entry != nil {
-			if !(out[name].Dir && !r.entry.Dir) {
-				out[name] = *r.entry
-			}
-		} else if old, ok := out[name]; ok && old.Dir == IsDirKey(k) {
-			delete(out, name)
+	for k, r := range c.recent[dirKey] {
+		applyChange(l, k, r, out)
+	}
+}
+
+// applyRecentOne is applyRecent for one name (a lookup).
+func (c *Cache) applyRecentOne(dirKey, name string, l *dirListing, out map[string]Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dir := c.recent[dirKey]
+	for _, k := range []string{dirKey + name, dirKey + name + "/"} {
+		if r, ok := dir[k]; ok {
+			applyChange(l, k, r, out)
 		}
 	}
 }
 
-// entriesOf returns a listing's entries. noteRemote replaces the map
-// (never changes it in place) under c.mu, so the map read here under c.mu
-// can be used after it is released.
+func applyChange(l *dirListing, k string, r recentChange, out map[string]Entry) {
+	if l.started.After(r.at.Add(2 * time.Second)) {
+		return // the listing is newer than the change: trust it
+	}
+	name := baseName(k)
+	if r.entry != nil {
+		if !(out[name].Dir && !r.entry.Dir) {
+			out[name] = *r.entry
+		}
+	} else if old, ok := out[name]; ok && old.Dir == IsDirKey(k) {
+		delete(out, name)
+	}
+}
+
+// entriesOf returns a listing's entries; the map is never changed after
+// the listing is fetched (this mount's later changes are in c.recent).
 func (c *Cache) entriesOf(l *dirListing) map[string]Entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -504,7 +528,7 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 	if e, ok := c.entriesOf(l)[name]; ok {
 		one[name] = e
 	}
-	c.applyRecent(dirKey, l, one)
+	c.applyRecentOne(dirKey, name, l, one)
 	e, ok := one[name]
 	if !ok {
 		return Entry{}, ErrNotExist

@@ -761,6 +761,7 @@ func (u *uploader) conflict(ctx context.Context, key string, r Record, body io.R
 			return 0, perr
 		}
 	}
+	zzim, zzinm := opts.IfMatch, opts.IfNoneMatch
 	sib := conflictName(key, c.o.Host, time.Now())
 	opts.IfMatch, opts.IfNoneMatch = "", false
 	if _, err := c.st.Put(ctx, sib, body, size, opts); err != nil {
@@ -768,7 +769,7 @@ func (u *uploader) conflict(ctx context.Context, key string, r Record, body io.R
 	}
 	c.stats.Conflicts.Add(1)
 	c.log.Warn("conflict: the object was changed on another machine; it keeps the name and this machine's version is kept beside it",
-		"key", key, "kept_as", sib)
+		"key", key, "kept_as", sib, "ZZDEBUG", fmt.Sprintf("rec=%+v ifmatch=%q ifnone=%v cur=%q curtag=%q tag=%q staterr=%v", r, zzim, zzinm, cur.ETag, cur.Metadata[metaUploadTag], tag, err))
 	done, ferr := u.finish(key, r, nil)
 	c.InvalidateDir(parentDir(key))
 	if done {

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
 )
 
 // Timeouts the fault tests mount with, and the bounds they enforce.
@@ -855,6 +857,7 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 	for k, v := range fm.files {
 		written[faultSHA(v)] = k
 	}
+	var history []string
 	ack := func(key string, data []byte, n int) {
 		fm.files[key] = data
 		written[faultSHA(data)] = fmt.Sprintf("%s (op %d)", key, n)
@@ -1023,6 +1026,7 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 			}
 			if err == nil {
 				onOK()
+				history = append(history, fmt.Sprintf("round %d op %d: %s", round, n, what))
 				continue
 			}
 			if !faultIsDead(m) {
@@ -1030,6 +1034,7 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 			}
 			t.Logf("round %d: after %d ops, %s was cut short: %v", round, ops, what, err)
 			onDoubt()
+			history = append(history, fmt.Sprintf("round %d op %d: %s (cut short)", round, n, what))
 			break
 		}
 		killed.Stop()
@@ -1049,6 +1054,7 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 			}
 		}
 		if t.Failed() {
+			t.Logf("operations:\n  %s", strings.Join(history, "\n  "))
 			t.FailNow()
 		}
 	}
@@ -1116,7 +1122,7 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 	for _, d := range dirs {
 		shown[d+"/"] = true
 		if !want[d+"/"] {
-			t.Errorf("the mount shows directory %s, which no acknowledged operation left", d)
+			t.Errorf("the mount shows directory %s, which no acknowledged operation left; %s", d, faultServerView(t, e, d))
 		}
 	}
 	for k := range want {
@@ -1309,4 +1315,30 @@ func faultWhose(e *env, b []byte, written map[string]string) string {
 		return "they are the bytes written as " + w
 	}
 	return fmt.Sprintf("bytes not written by any acknowledged op (sha %s...)", faultSHA(b)[:12])
+}
+
+// faultServerView describes what the server holds at key, to explain a
+// surprise: its one-level listing of the parent, and MinIO's files for it.
+func faultServerView(t *testing.T, e *env, key string) string {
+	key = strings.TrimSuffix(key, "/")
+	parent := ""
+	if i := strings.LastIndex(key, "/"); i >= 0 {
+		parent = key[:i+1]
+	}
+	var out []string
+	for o := range e.client().ListObjects(context.Background(), e.bucket, minio.ListObjectsOptions{Prefix: key}) {
+		out = append(out, fmt.Sprintf("listed %q size %d etag %q err %v", o.Key, o.Size, o.ETag, o.Err))
+	}
+	_ = parent
+	if pid := e.minio.PID(); pid != 0 {
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+			args := strings.Split(string(cmdline), "\x00")
+			if len(args) > 2 {
+				p := filepath.Join(args[2], e.bucket, key)
+				fout, _ := exec.Command("find", p, "-ls").CombinedOutput()
+				out = append(out, "MinIO files:\n"+string(fout))
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }

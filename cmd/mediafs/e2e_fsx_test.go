@@ -30,7 +30,8 @@ package main
 //
 //	MEDIAFS_MINIO_BIN=... go test -count=1 -run 'TestFsx$' ./cmd/mediafs/ -fsx.seed=1234 -fsx.ops=200000
 //
-// (-fsx.ops defaults to 10,000, which stays under about a minute.)
+// (-fsx.ops defaults to 10,000, which stays under about a minute;
+// -fsx.mountflags="--no-passthrough" runs everything through the daemon.)
 
 import (
 	"bytes"
@@ -51,7 +52,14 @@ import (
 var (
 	fsxSeedFlag = flag.Int64("fsx.seed", 0, "fsx exerciser: random seed (0: from the clock; always logged)")
 	fsxOpsFlag  = flag.Int("fsx.ops", 10000, "fsx exerciser: number of random operations")
+	fsxFlags    = flag.String("fsx.mountflags", "", "fsx exerciser: extra mount flags, space-separated (e.g. \"--no-passthrough\")")
 )
+
+// fsxMountFlags are the exerciser's mount flags: a cache smaller than the
+// large files, so that eviction and the block cache take part.
+func fsxMountFlags() []string {
+	return append([]string{"--cache-size", "8M"}, strings.Fields(*fsxFlags)...)
+}
 
 const (
 	fsxDir       = "fsx"
@@ -93,6 +101,7 @@ type fsxRun struct {
 	orphans []*fsxFile
 	names   []string
 	log     []string
+	byName  map[string][]string // recent ops naming each name
 	counts  map[string]int
 }
 
@@ -148,6 +157,15 @@ func (r *fsxRun) logf(format string, a ...any) {
 	if len(r.log) > fsxLogKeep {
 		r.log = r.log[len(r.log)-fsxLogKeep:]
 	}
+	for _, n := range r.names {
+		if strings.Contains(s, "["+n+"]") || strings.Contains(s, "-> "+n) {
+			h := append(r.byName[n], s)
+			if len(h) > 20 {
+				h = h[len(h)-20:]
+			}
+			r.byName[n] = h
+		}
+	}
 }
 
 // fail reports the seed, the op and the recent operations, and stops.
@@ -157,9 +175,15 @@ func (r *fsxRun) fail(format string, a ...any) {
 	for _, f := range r.files {
 		files = append(files, fmt.Sprintf("%v size=%d big=%v rw=%v ro=%v", f, len(f.data), f.big, f.f != nil, f.ro != nil))
 	}
-	r.t.Fatalf("fsx: seed %d, op #%d: %s\nfiles:\n  %s\nlast %d ops:\n  %s\n(reproduce: -run 'TestFsx$' -fsx.seed=%d -fsx.ops=%d)",
-		r.seed, r.op, fmt.Sprintf(format, a...), strings.Join(files, "\n  "), len(r.log),
-		strings.Join(r.log, "\n  "), r.seed, *fsxOpsFlag)
+	msg := fmt.Sprintf(format, a...)
+	for _, n := range r.names {
+		if strings.Contains(msg, n) && len(r.byName[n]) > 0 {
+			files = append(files, fmt.Sprintf("last ops on %s:\n    %s", n, strings.Join(r.byName[n], "\n    ")))
+		}
+	}
+	r.t.Fatalf("fsx: seed %d, op #%d: %s\nfiles:\n  %s\nlast %d ops:\n  %s\n(reproduce: -run 'TestFsx$' -fsx.seed=%d -fsx.ops=%d -fsx.mountflags=%q)",
+		r.seed, r.op, msg, strings.Join(files, "\n  "), len(r.log),
+		strings.Join(r.log, "\n  "), r.seed, *fsxOpsFlag, *fsxFlags)
 }
 
 // compare checks got (read at off) against the model of f.
@@ -708,7 +732,11 @@ func (r *fsxRun) create(f *fsxFile) {
 	r.logf("create s%d[%s] %s", f.slot, name, how)
 	fd, err := os.OpenFile(r.path(name), flags, 0o644)
 	if err != nil {
-		r.fail("create %s: %v", name, err)
+		var st syscall.Stat_t
+		serr := syscall.Stat(r.path(name), &st)
+		_, info, gerr := r.e.getObject(name)
+		r.fail("create %s: %v (stat on the mount: size %d, %v; in the bucket: %d bytes, etag %s, modified %v, %v)",
+			name, err, st.Size, serr, info.Size, info.ETag, info.LastModified, gerr)
 	}
 	f.name, f.data, f.f = name, nil, fd
 	if f.big {
@@ -868,14 +896,14 @@ func TestFsx(t *testing.T) {
 	}
 	t.Logf("fsx seed %d (reproduce with -fsx.seed=%d), %d ops", seed, seed, *fsxOpsFlag)
 	e := newEnv(t)
-	r := &fsxRun{t: t, e: e, seed: seed, rng: rand.New(rand.NewSource(seed)), counts: map[string]int{}}
+	r := &fsxRun{t: t, e: e, seed: seed, rng: rand.New(rand.NewSource(seed)), counts: map[string]int{}, byName: map[string][]string{}}
 	r.names = []string{fsxDir + "/seed.bin", fsxDir + "/a.bin", fsxDir + "/b.dat", fsxDir + "/c.jpg",
 		fsxDir + "/d", fsxDir + "/e.mp4", fsxDir + "/f.txt", fsxDir + "/g.bin"}
 
 	// A large object already in the bucket, read through the block cache.
 	seeded := seededBytes(seed, 12<<20+777)
 	e.putObject(t, r.names[0], seeded, nil)
-	r.m = e.mount(t, "--cache-size", "8M")
+	r.m = e.mount(t, fsxMountFlags()...)
 	m := r.m
 
 	r.files = []*fsxFile{
@@ -937,7 +965,7 @@ func TestFsx(t *testing.T) {
 
 	// Two mounts: the same cache again (A) and a fresh one (B).
 	m.restart(t)
-	b := e.mount(t, "--cache-size", "8M")
+	b := e.mount(t, fsxMountFlags()...)
 	for _, f := range r.alive() {
 		got, err := os.ReadFile(b.path(f.name))
 		if err != nil {

@@ -156,42 +156,61 @@ func bucketMirrors(t *testing.T, e *env, prefix string, snap map[string]tEntry, 
 			want = append(want, k)
 		}
 	}
+	deadline := time.Now().Add(timeout)
 	e.nsWaitKeys(t, prefix, want, timeout)
+	// Later generations may still be uploading: each object is polled
+	// until it matches, within the same deadline.
 	for rel, en := range snap {
 		k := keyOf(rel, en)
 		if k == "" {
 			continue
 		}
-		b, info, err := e.getObject(k)
-		if err != nil {
-			t.Errorf("bucket %q: %v", k, err)
-			continue
-		}
-		md := nsMeta(info)
-		switch {
-		case en.isDir():
-			if len(b) != 0 {
-				t.Errorf("marker %q has %d bytes", k, len(b))
+		var why string
+		for {
+			why = objectDiff(e, k, en)
+			if why == "" || time.Now().After(deadline) {
+				break
 			}
-		case en.isLink():
-			if string(b) != en.Link {
-				t.Errorf("symlink object %q holds %q, want %q", k, b, en.Link)
-			}
-		default:
-			if fmt.Sprintf("%x", sha256.Sum256(b)) != en.Sum {
-				t.Errorf("object %q: %d bytes, content differs from the file (%d bytes)", k, len(b), en.Size)
-			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		if md["mode"] != strconv.Itoa(int(en.Mode)) {
-			t.Errorf("object %q: x-amz-meta-mode %q, want %d (%o)", k, md["mode"], en.Mode, en.Mode)
-		}
-		if md["uid"] != strconv.Itoa(int(en.UID)) || md["gid"] != strconv.Itoa(int(en.GID)) {
-			t.Errorf("object %q: x-amz-meta-uid/gid %q/%q, want %d/%d", k, md["uid"], md["gid"], en.UID, en.GID)
-		}
-		if !en.isDir() && md["mtime"] != strconv.FormatInt(en.Mtime, 10) {
-			t.Errorf("object %q: x-amz-meta-mtime %q, want %d", k, md["mtime"], en.Mtime)
+		if why != "" {
+			t.Errorf("bucket %q: %s", k, why)
 		}
 	}
+}
+
+// objectDiff says how object k differs from tree entry en ("" if not).
+func objectDiff(e *env, k string, en tEntry) string {
+	b, info, err := e.getObject(k)
+	if err != nil {
+		return err.Error()
+	}
+	md := nsMeta(info)
+	var diffs []string
+	switch {
+	case en.isDir():
+		if len(b) != 0 {
+			diffs = append(diffs, fmt.Sprintf("marker has %d bytes", len(b)))
+		}
+	case en.isLink():
+		if string(b) != en.Link {
+			diffs = append(diffs, fmt.Sprintf("symlink object holds %q, want %q", b, en.Link))
+		}
+	default:
+		if fmt.Sprintf("%x", sha256.Sum256(b)) != en.Sum {
+			diffs = append(diffs, fmt.Sprintf("%d bytes, content differs from the file (%d bytes)", len(b), en.Size))
+		}
+	}
+	if md["mode"] != strconv.Itoa(int(en.Mode)) {
+		diffs = append(diffs, fmt.Sprintf("x-amz-meta-mode %q, want %d (%o)", md["mode"], en.Mode, en.Mode))
+	}
+	if md["uid"] != strconv.Itoa(int(en.UID)) || md["gid"] != strconv.Itoa(int(en.GID)) {
+		diffs = append(diffs, fmt.Sprintf("x-amz-meta-uid/gid %q/%q, want %d/%d", md["uid"], md["gid"], en.UID, en.GID))
+	}
+	if !en.isDir() && md["mtime"] != strconv.FormatInt(en.Mtime, 10) {
+		diffs = append(diffs, fmt.Sprintf("x-amz-meta-mtime %q, want %d", md["mtime"], en.Mtime))
+	}
+	return strings.Join(diffs, "; ")
 }
 
 // srcTree builds the local tree the tools copy: modes, owners, an empty
