@@ -278,25 +278,24 @@ func (s *S3) Get(ctx context.Context, key, etag string, off, n int64) (io.ReadCl
 		}
 	}
 	wd := newWatchdog(s.timeout, cancel)
-	obj, err := s.c.GetObject(ctx, s.bucket, s.full(key), opts)
+	// One GET, errors at once: the Client's lazy Object would add a HEAD
+	// before every read.
+	body, _, _, err := minio.Core{Client: s.c}.GetObject(ctx, s.bucket, s.full(key), opts)
 	if err != nil {
+		fired := wd.fired()
 		wd.stop()
 		cancel()
-		return nil, fmt.Errorf("get %s: %w", key, mapErr(err))
-	}
-	// GetObject is lazy: Stat forces the request so errors surface here.
-	if _, err := obj.Stat(); err != nil {
-		wd.stop()
-		obj.Close()
-		cancel()
+		if fired {
+			return nil, fmt.Errorf("get %s: stalled: %w", key, ErrUnavailable)
+		}
 		return nil, fmt.Errorf("get %s: %w", key, mapErr(err))
 	}
 	wd.kick()
-	return &getReader{obj: obj, wd: wd, cancel: cancel, key: key}, nil
+	return &getReader{obj: body, wd: wd, cancel: cancel, key: key}, nil
 }
 
 type getReader struct {
-	obj    *minio.Object
+	obj    io.ReadCloser
 	wd     *watchdog
 	cancel context.CancelFunc
 	key    string

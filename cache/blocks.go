@@ -34,9 +34,12 @@ const (
 	blockSize = 4 << 20
 	// readAhead is how many blocks ahead of a sequential reader are
 	// fetched; maxFetches bounds the GETs in flight per file.
-	readAhead  = 8
-	maxFetches = 4
+	readAhead  = 12
+	maxFetches = 6
 )
+
+// copyBufs are the buffers block fetches stream through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 func bKey(id uint64) []byte { return []byte(fmt.Sprintf("b/%016x", id)) }
 
@@ -390,15 +393,20 @@ func (m *blockMap) fetchRange(off, n int64) error {
 			}
 			continue
 		}
-		buf := make([]byte, n)
-		_, err = io.ReadFull(r, buf)
+		bp := copyBufs.Get().(*[]byte)
+		var got int64
+		got, err = io.CopyBuffer(io.NewOffsetWriter(m.f, off), io.LimitReader(r, n), *bp)
+		copyBufs.Put(bp)
 		r.Close()
+		if err == nil && got != n {
+			err = fmt.Errorf("get %s: short read (%d of %d bytes): %w", m.key, got, n, backend.ErrUnavailable)
+		}
 		if err == nil {
-			_, err = m.f.WriteAt(buf, off)
-			if err == nil {
-				m.c.noteBackend(nil)
-				return nil
-			}
+			m.c.noteBackend(nil)
+			return nil
+		}
+		var pe *os.PathError
+		if errors.As(err, &pe) {
 			return fmt.Errorf("cache file: %w", err)
 		}
 		if ctx.Err() != nil {

@@ -956,7 +956,18 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 						a, b := side(from), side(to)
 						_, fromDir := get(from)
 						_, toDir := get(to)
-						return a == len(moved) && b == 0 && fromDir || a == 0 && b == len(moved) && toDir && !fromDir
+						good := a == len(moved) && b == 0 && fromDir || a == 0 && b == len(moved) && toDir && !fromDir
+						if !good {
+							var where []string
+							for _, f := range moved {
+								_, x := get(from + f)
+								_, y := get(to + f)
+								where = append(where, fmt.Sprintf("%s:%v/%v", f, x, y))
+							}
+							t.Logf("%s: %d of %d files under the old name, %d under the new; old dir %v, new dir %v; file:old/new %s",
+								what, a, len(moved), b, fromDir, toDir, strings.Join(where, " "))
+						}
+						return good
 					}, keys...)
 					tree = "" // no more tree renames
 				}

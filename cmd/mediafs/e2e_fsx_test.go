@@ -101,6 +101,7 @@ type fsxRun struct {
 	orphans []*fsxFile
 	names   []string
 	log     []string
+	all     []string // every op, written to a file on failure
 	byName  map[string][]string // recent ops naming each name
 	counts  map[string]int
 }
@@ -153,6 +154,7 @@ func fsxApplyWrite(b []byte, off int64, p []byte) []byte {
 
 func (r *fsxRun) logf(format string, a ...any) {
 	s := fmt.Sprintf("#%d ", r.op) + fmt.Sprintf(format, a...)
+	r.all = append(r.all, s)
 	r.log = append(r.log, s)
 	if len(r.log) > fsxLogKeep {
 		r.log = r.log[len(r.log)-fsxLogKeep:]
@@ -180,6 +182,11 @@ func (r *fsxRun) fail(format string, a ...any) {
 		if strings.Contains(msg, n) && len(r.byName[n]) > 0 {
 			files = append(files, fmt.Sprintf("last ops on %s:\n    %s", n, strings.Join(r.byName[n], "\n    ")))
 		}
+	}
+	if hf, err := os.CreateTemp("", fmt.Sprintf("fsx-seed%d-*.log", r.seed)); err == nil {
+		fmt.Fprintln(hf, strings.Join(r.all, "\n"))
+		hf.Close()
+		files = append(files, "every op: "+hf.Name())
 	}
 	r.t.Fatalf("fsx: seed %d, op #%d: %s\nfiles:\n  %s\nlast %d ops:\n  %s\n(reproduce: -run 'TestFsx$' -fsx.seed=%d -fsx.ops=%d -fsx.mountflags=%q)",
 		r.seed, r.op, msg, strings.Join(files, "\n  "), len(r.log),
@@ -734,9 +741,15 @@ func (r *fsxRun) create(f *fsxFile) {
 	if err != nil {
 		var st syscall.Stat_t
 		serr := syscall.Stat(r.path(name), &st)
-		_, info, gerr := r.e.getObject(name)
-		r.fail("create %s: %v (stat on the mount: size %d, %v; in the bucket: %d bytes, etag %s, modified %v, %v)",
-			name, err, st.Size, serr, info.Size, info.ETag, info.LastModified, gerr)
+		b, info, gerr := r.e.getObject(name)
+		var who []string
+		for _, i := range []int{0, len(b) / 2, len(b) - 2} {
+			if i >= 0 && i < len(b) {
+				who = append(who, fmt.Sprintf("@%d %s", i, fsxWhoWrote(b, 0, i)))
+			}
+		}
+		r.fail("create %s: %v (stat on the mount: size %d, %v; in the bucket: %d bytes, etag %s, modified %v, %v; bytes written by %v; meta %v)",
+			name, err, st.Size, serr, info.Size, info.ETag, info.LastModified, gerr, who, info.UserMetadata)
 	}
 	f.name, f.data, f.f = name, nil, fd
 	if f.big {

@@ -2,32 +2,51 @@ package main
 
 import (
 	"bytes"
-	"context"
+	"fmt"
+	"os"
+	"strings"
 	"testing"
-
-	"github.com/minio/minio-go/v7"
+	"time"
 )
 
-func TestFaultProbeCopyETag(t *testing.T) {
+func TestFaultProbeDirRenameChain(t *testing.T) {
 	e := newEnv(t)
-	big := faultBytes(1, 40<<20)
-	ctx := context.Background()
-	info, err := e.client().PutObject(ctx, e.bucket, "src.mp4", bytes.NewReader(big), int64(len(big)), minio.PutObjectOptions{PartSize: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
+	m := e.mount(t)
+	os.Mkdir(m.path("c"), 0o755)
+	os.Mkdir(m.path("c/tree-0"), 0o755)
+	want := map[string][]byte{}
+	for i := 0; i < 50; i++ {
+		k := fmt.Sprintf("leaf-%02d.txt", i)
+		want[k] = faultBytes(int64(i), 100+i*200)
+		writeFile(t, m.path("c/tree-0/"+k), want[k])
 	}
-	t.Logf("put etag %q", info.ETag)
-	for _, sz := range []int{40 << 20, 1000} {
-		if sz == 1000 {
-			e.putObject(t, "src.mp4", big[:1000], nil)
+	gen := 0
+	for round := 0; round < 40; round++ {
+		time.Sleep(time.Duration(round%7) * 60 * time.Millisecond)
+		if err := os.Rename(m.path(fmt.Sprintf("c/tree-%d", gen)), m.path(fmt.Sprintf("c/tree-%d", gen+1))); err != nil {
+			t.Fatalf("rename %d: %v", gen, err)
 		}
-		up, err := e.client().CopyObject(ctx, minio.CopyDestOptions{Bucket: e.bucket, Object: "dst.jpg", ReplaceMetadata: true, UserMetadata: map[string]string{"mode": "33188"}},
-			minio.CopySrcOptions{Bucket: e.bucket, Object: "src.mp4"})
-		if err != nil {
-			t.Fatal(err)
+		gen++
+		if round%10 == 9 {
+			m.kill9(t)
+			m.restart(t)
 		}
-		st, _ := e.client().StatObject(ctx, e.bucket, "dst.jpg", minio.StatObjectOptions{})
-		ss, _ := e.client().StatObject(ctx, e.bucket, "src.mp4", minio.StatObjectOptions{})
-		t.Logf("size %d: copy returned etag %q; stat dst %q; stat src %q", sz, up.ETag, st.ETag, ss.ETag)
+	}
+	m.stop(t)
+	keys := e.keys(t, "c/")
+	t.Logf("%d keys", len(keys))
+	for k, v := range want {
+		b, _, err := e.getObject(fmt.Sprintf("c/tree-%d/%s", gen, k))
+		if err != nil || !bytes.Equal(b, v) {
+			t.Errorf("%s: %v", k, err)
+		}
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, fmt.Sprintf("c/tree-%d/", gen)) && k != "c/" {
+			t.Errorf("extra %s", k)
+		}
+	}
+	if strings.Contains(m.log(), "vanished") {
+		t.Errorf("vanished in log")
 	}
 }
