@@ -146,9 +146,11 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 		h.blocks = it.blocks
 	}
 	if fl.Write {
-		if it.writers == 0 {
+		if it.writers == 0 && !fl.Create {
 			// The data file is about to change: it no longer holds any
-			// clean version.
+			// clean version. (A created file's data file is new: no
+			// clean record names it, and one transaction less per
+			// small file matters.)
 			if err := c.update(func(txn *badger.Txn) error {
 				if err := txn.Delete(bKey(it.id.Load())); err != nil { // a partial file's bitmap
 					return err
