@@ -337,6 +337,7 @@ func (m *blockMap) fetch(b int, f *blockFetch) {
 	if off+n > m.size {
 		n = m.size - off
 	}
+	m.c.makeRoom(n)
 	var err error
 	if m.isDetached() {
 		err = fmt.Errorf("read %s: the cache file was taken over by a writer: %w", m.key, backend.ErrUnavailable)

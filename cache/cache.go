@@ -3,6 +3,8 @@ package cache
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,6 +79,11 @@ type Cache struct {
 
 	lru *lru
 	up  *uploader
+
+	// instance names this cache (random, kept in the journal database):
+	// upload tags carry it, since a host name alone does not tell two
+	// mounts on one machine apart.
+	instance string
 
 	// downAt is when the backend last failed as unavailable (UnixNano),
 	// 0 once it answers again.
@@ -157,6 +164,11 @@ func Open(o Options) (*Cache, error) {
 		}
 		c.log.Warn("the machine restarted while mediafs was running; dropped cached clean data (pending uploads are kept)", "files", n)
 	}
+	if c.instance, err = loadInstance(db); err != nil {
+		c.seq.Release()
+		db.Close()
+		return nil, err
+	}
 	c.lru = newLRU(c)
 	if err := c.lru.load(); err != nil {
 		c.seq.Release()
@@ -203,6 +215,30 @@ func (c *Cache) Close() error {
 		os.Remove(filepath.Join(c.o.Dir, "running"))
 	}
 	return err
+}
+
+// loadInstance returns this cache's random id, creating it on first use.
+func loadInstance(db *badger.DB) (string, error) {
+	var id string
+	err := db.Update(func(txn *badger.Txn) error {
+		it, err := txn.Get([]byte("meta/instance"))
+		if err == nil {
+			return it.Value(func(v []byte) error { id = string(v); return nil })
+		}
+		if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		id = hex.EncodeToString(b[:])
+		return txn.Set([]byte("meta/instance"), []byte(id))
+	})
+	if err != nil {
+		return "", fmt.Errorf("journal: %w", err)
+	}
+	return id, nil
 }
 
 // markRunning writes <dir>/running with the boot id. It reports whether a

@@ -359,6 +359,7 @@ func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) e
 		return err
 	}
 	path := c.dataPath(id)
+	c.makeRoom(e.Size)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("cache file: %w", err)

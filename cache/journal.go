@@ -9,6 +9,8 @@ package cache
 //	                object version with the given ETag (JSON); a Partial
 //	                one holds only the blocks its bitmap lists
 //	b/<data id>     the block bitmap of a Partial clean file
+//	meta/instance   this cache's random id, in upload tags
+//	seq/data        Badger sequence of data file ids
 //
 // A Record is the whole pending state of one key; later changes replace it
 // (its Gen grows by one each time), so rewrites coalesce into one upload.

@@ -82,7 +82,7 @@ func (c *Cache) claim(ctx context.Context, it *Item, a Attr) error {
 		return nil
 	}
 	md := metaFromAttr(a)
-	md[metaUploadTag] = fmt.Sprintf("%s/%x/0", c.o.Host, it.id.Load())
+	md[metaUploadTag] = fmt.Sprintf("%s/%x/0", c.instance, it.id.Load())
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(c.o.ClaimTimeout, c.o.OpTimeout)) // see opCtx
 	defer cancel()
 	obj, err := c.st.Put(octx, it.key, emptyReader{}, 0, backend.PutOptions{
@@ -419,9 +419,11 @@ func (c *Cache) Rename(ctx context.Context, oldKey, newKey string, oldEntry Entr
 	// A target the bucket holds is replaced by the moved change, which is
 	// based on no version of it: if that change goes before its upload,
 	// the object must still be deleted. Unsure (backend down) means yes;
-	// a pending target's record knows for itself.
-	target, terr := c.Lookup(ctx, newKey)
-	replaces := terr == nil && !target.Pending || terr != nil && !errors.Is(terr, ErrNotExist)
+	// a target's record, if it still has one, knows for itself. (Not
+	// target.Pending: a file open for writing reads as pending though
+	// its object is in the bucket.)
+	_, terr := c.Lookup(ctx, newKey)
+	replaces := terr == nil || !errors.Is(terr, ErrNotExist)
 	its, err := c.lockItems(ctx, func(k string) bool { return k == oldKey || k == newKey })
 	if err != nil {
 		return err
@@ -430,11 +432,15 @@ func (c *Cache) Rename(ctx context.Context, oldKey, newKey string, oldEntry Entr
 	var drop []uint64
 	err = c.update(func(txn *badger.Txn) error {
 		drop = drop[:0]
+		_, hadRec, err := getRecord(txn, newKey)
+		if err != nil {
+			return err
+		}
 		if err := c.renameKeyTxn(txn, oldKey, newKey, &oldEntry, &drop); err != nil {
 			return err
 		}
 		r, ok, err := getRecord(txn, newKey)
-		if err != nil || !ok || !replaces || r.InBucket {
+		if err != nil || !ok || !replaces || hadRec || r.InBucket {
 			return err
 		}
 		r.InBucket = true

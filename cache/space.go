@@ -34,6 +34,23 @@ func (c *Cache) diskFree() (free, total int64, err error) {
 	return int64(st.Bavail) * st.Bsize, int64(st.Blocks) * st.Bsize, nil
 }
 
+// makeRoom evicts clean cached files until n more bytes fit above the
+// reserve. A read calls it before it fills a cache file: clean data must
+// never make a fetch fail with ENOSPC (only data not yet uploaded may).
+// It does not wait; if the disk is full of dirty data, the fetch fails.
+func (c *Cache) makeRoom(n int64) {
+	for i := 0; i < 64; i++ {
+		free, total, err := c.diskFree()
+		if err != nil {
+			return
+		}
+		need := reserve(total) + n
+		if free >= need || !c.lru.evictBytes(need-free) {
+			return
+		}
+	}
+}
+
 // EnsureSpace is called before a file is created or opened for writing.
 func (c *Cache) EnsureSpace(ctx context.Context) error {
 	deadline := time.Now().Add(c.o.SpaceWait)

@@ -588,6 +588,12 @@ func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duratio
 		return 0, err
 	}
 	c.stats.Copies.Add(1)
+	// A file open at key (renamed there while open, or opened since)
+	// now builds on the object the copy made: without this its next
+	// record would take the key for one the bucket does not hold, and a
+	// rename or unlink of it would leave the copy behind. Before finish,
+	// so a close in between journals on this base.
+	c.rebaseOpen(key, obj.ETag)
 	done, err := u.finish(key, r, nil)
 	if !done && err == nil {
 		u.dropIfVanished(key)
@@ -710,7 +716,7 @@ func (u *uploader) snapshot(src string) (string, error) {
 const metaUploadTag = "mediafs-upload"
 
 func (u *uploader) uploadTag(r Record) string {
-	return fmt.Sprintf("%s/%x/%d", u.c.o.Host, r.DataID, r.Gen)
+	return fmt.Sprintf("%s/%x/%d", u.c.instance, r.DataID, r.Gen)
 }
 
 // conflict handles an upload whose condition failed: another machine wrote
@@ -762,7 +768,7 @@ func (u *uploader) conflict(ctx context.Context, key string, r Record, body io.R
 		}
 	}
 	zzim, zzinm := opts.IfMatch, opts.IfNoneMatch
-	sib := conflictName(key, c.o.Host, time.Now())
+	sib := conflictName(key, c.o.Host+"-"+c.instance[:6], time.Now())
 	opts.IfMatch, opts.IfNoneMatch = "", false
 	if _, err := c.st.Put(ctx, sib, body, size, opts); err != nil {
 		return 0, err
@@ -789,6 +795,25 @@ func (c *Cache) rebase(key string, id uint64, etag string) {
 	}
 	it.mu.Lock()
 	if it.id.Load() == id && it.key == key {
+		it.base, it.excl = etag, false
+	}
+	it.mu.Unlock()
+}
+
+// rebaseOpen makes the item open at key, whatever its data file, build on
+// etag (an object a copy to key just made).
+func (c *Cache) rebaseOpen(key, etag string) {
+	if etag == "" {
+		return
+	}
+	c.mu.Lock()
+	it := c.items[key]
+	c.mu.Unlock()
+	if it == nil {
+		return
+	}
+	it.mu.Lock()
+	if it.key == key {
 		it.base, it.excl = etag, false
 	}
 	it.mu.Unlock()

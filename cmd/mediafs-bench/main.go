@@ -61,6 +61,7 @@ func main() {
 		profile    = flag.String("profile", "", "record `perf` CPU profiles of the mediafs daemon per workload into this directory")
 		trace      = flag.Bool("trace", true, "record FUSE requests per workload (fuse tracepoints in a private tracefs instance) for the \"where the time goes\" tables")
 	)
+	flag.IntVar(&fuseReadAheadKB, "fuse-read-ahead-kb", 0, "experiment: set the kernel read-ahead (/sys/class/bdi/*/read_ahead_kb) of every FUSE mount to this (default: leave the kernel's 128 KiB)")
 	flag.Parse()
 
 	b := &bench{quick: *quick, smallN: 1000, metaN: 5000, bigSize: 512 << 20, visTrials: 10,

@@ -144,7 +144,11 @@ func (b *bench) report(info *machine, targets []*target, raws map[int]*target, w
 	if !b.dropOK {
 		drop = "could not be dropped (" + b.dropErr + "): cold reads of local/loopback are warm"
 	}
-	fmt.Fprintf(&w, "- page cache %s; mounts are cold via a fresh daemon with a new cache directory\n\n", drop)
+	fmt.Fprintf(&w, "- page cache %s; mounts are cold via a fresh daemon with a new cache directory\n", drop)
+	if fuseReadAheadKB > 0 {
+		fmt.Fprintf(&w, "- experiment: kernel read-ahead of every FUSE mount set to %d KiB (`--fuse-read-ahead-kb`)\n", fuseReadAheadKB)
+	}
+	fmt.Fprintln(&w)
 
 	ms := b.metrics()
 	names := []string{"local", "loopback", "mediafs", "rclone", "s3fs"}

@@ -64,7 +64,30 @@ func (t *target) mount() error {
 	}
 	t.cur = d
 	t.logs = append(t.logs, d.logPath)
+	setReadAhead(t.dir)
 	return nil
+}
+
+// fuseReadAheadKB, when set (--fuse-read-ahead-kb), replaces the kernel's
+// read-ahead for every FUSE mount of the run (it is 128 KiB by default,
+// whatever the daemon's MaxReadAhead): a tuning experiment, off by default.
+var fuseReadAheadKB int
+
+func setReadAhead(mnt string) {
+	if fuseReadAheadKB <= 0 {
+		return
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(mnt, &st); err != nil {
+		return
+	}
+	d := st.Dev
+	major := ((d >> 8) & 0xfff) | ((d >> 32) &^ 0xfff)
+	minor := (d & 0xff) | ((d >> 12) &^ 0xff)
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", major, minor)
+	if err := os.WriteFile(p, []byte(fmt.Sprint(fuseReadAheadKB)), 0); err != nil {
+		logf("set %s: %v", p, err)
+	}
 }
 
 // remount stops the running instance and starts a fresh one (cold caches).

@@ -154,6 +154,23 @@ func nsRun(t *testing.T, dir string, name string, args ...string) {
 	}
 }
 
+// nsWaitVisible waits until path exists on a mount (written to the bucket
+// by someone else: visible once the listing cache catches up).
+func nsWaitVisible(t *testing.T, path string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := os.Lstat(path)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not visible after %v: %v", path, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func nsWantErrno(t *testing.T, what string, err error, want syscall.Errno) {
 	t.Helper()
 	if !errors.Is(err, want) {
@@ -292,7 +309,7 @@ func TestNSRmdir(t *testing.T) {
 
 	// A directory that exists only as a common prefix (no marker).
 	e.putObject(t, "implicit/obj.bin", []byte("remote"), nil)
-	time.Sleep(1100 * time.Millisecond) // listing TTL
+	nsWaitVisible(t, m.path("implicit/obj.bin"), 10*time.Second)
 	nsWantErrno(t, "rmdir implicit non-empty", syscall.Rmdir(m.path("implicit")), syscall.ENOTEMPTY)
 	if err := os.Remove(m.path("implicit/obj.bin")); err != nil {
 		t.Fatal(err)
@@ -326,7 +343,7 @@ func TestNSRmdirPendingEntries(t *testing.T) {
 	nsWantErrno(t, "rmdir q/sub (pending file)", syscall.Rmdir(m.path("q/sub")), syscall.ENOTEMPTY)
 	// A directory that also exists in the bucket, with a pending file.
 	e.putObject(t, "r/", nil, nil)
-	time.Sleep(1100 * time.Millisecond)
+	nsWaitVisible(t, m.path("r"), 10*time.Second)
 	writeFile(t, m.path("r/new.txt"), []byte("pending"))
 	nsWantErrno(t, "rmdir r (bucket marker + pending file)", syscall.Rmdir(m.path("r")), syscall.ENOTEMPTY)
 
@@ -777,7 +794,7 @@ func TestNSSymlink(t *testing.T) {
 
 	// A symlink written by s3fs reads the same.
 	e.putObject(t, "s3fs-link", []byte("real.txt"), map[string]string{"mode": strconv.Itoa(syscall.S_IFLNK | 0o777)})
-	time.Sleep(1100 * time.Millisecond)
+	nsWaitVisible(t, b.path("s3fs-link"), 10*time.Second)
 	if got, err := os.Readlink(b.path("s3fs-link")); err != nil || got != "real.txt" {
 		t.Errorf("s3fs symlink: readlink = %q, %v", got, err)
 	}

@@ -435,7 +435,15 @@ func TestToolsRmRf(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dst, "junk/a/b/c/new.txt"), []byte("new"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		toolRun(t, dst, "rm", "-rf", "junk")
+		if out, err := exec.Command("rm", "-rf", filepath.Join(dst, "junk")).CombinedOutput(); err != nil {
+			// Say what was left, for the report.
+			var left []string
+			filepath.WalkDir(filepath.Join(dst, "junk"), func(p string, d fs.DirEntry, err error) error {
+				left = append(left, p)
+				return nil
+			})
+			t.Fatalf("rm -rf junk in %s: %v\n%s\nleft on the mount: %q\nbucket under junk/: %q", dst, err, out, left, e.keys(t, "junk/"))
+		}
 		toolRun(t, dst, "rm", "-rf", "keep/a/b")
 	}
 	delete(want, "a/b")
