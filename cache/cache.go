@@ -73,6 +73,8 @@ type Cache struct {
 	items  map[string]*Item
 	dirs   map[string]*dirListing
 	recent map[string]map[string]recentChange // dir key -> key -> change
+	// evicting holds the data files eviction is removing (see pinData).
+	evicting map[uint64]bool
 	// dirMetas caches directory marker attributes (see dirAttr).
 	dirMetas map[string]dirMeta
 	started  time.Time
@@ -91,6 +93,7 @@ type Cache struct {
 
 	skippedOnce sync.Map
 	stats       Stats
+	guard       *journalGuard
 }
 
 // Stats are counters for metrics and status.
@@ -133,7 +136,7 @@ func Open(o Options) (*Cache, error) {
 	c := &Cache{o: o, log: o.Logger, st: o.Store,
 		dataDir: filepath.Join(o.Dir, "data"),
 		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]map[string]recentChange{},
-		dirMetas: map[string]dirMeta{}, started: time.Now()}
+		dirMetas: map[string]dirMeta{}, started: time.Now(), evicting: map[uint64]bool{}}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}
@@ -144,6 +147,8 @@ func Open(o Options) (*Cache, error) {
 		return nil, err
 	}
 	c.db = db
+	c.guard = newJournalGuard(filepath.Join(o.Dir, "db"), c.log)
+	c.guard.pass()
 	c.seq, err = db.GetSequence([]byte("seq/data"), 256)
 	if err != nil {
 		db.Close()
@@ -186,6 +191,7 @@ func Open(o Options) (*Cache, error) {
 		c.log.Info("resuming pending uploads from the journal", "count", n, "bytes", bytes)
 	}
 	c.up.start()
+	c.guard.start()
 	return c, nil
 }
 
@@ -199,6 +205,7 @@ func (c *Cache) Drain(ctx context.Context) (left int, bytes int64) {
 // the journal for the next start.
 func (c *Cache) Close() error {
 	c.up.stop()
+	c.guard.stop()
 	c.mu.Lock()
 	for _, it := range c.items {
 		it.mu.Lock()

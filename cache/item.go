@@ -253,15 +253,34 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 		}
 		it.attr = rec.Attr
 		if src != key {
-			// The fetched file is not a clean copy of key.
-			c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(key)) })
+			// The fetched file is not a clean copy of key, nor src's from
+			// now on: it is key's data (a writer changes it, and the LRU
+			// or a change to src must not drop it as src's copy). It is
+			// based on no version of key, and nothing refers to it until
+			// a change is journaled.
+			id := it.id.Load()
+			c.update(func(txn *badger.Txn) error {
+				if err := txn.Delete(cKey(key)); err != nil {
+					return err
+				}
+				if cl, ok, err := getClean(txn, src); err != nil || !ok || cl.DataID != id {
+					return err
+				}
+				return txn.Delete(cKey(src))
+			})
+			c.lru.forget(id)
+			it.base = ""
+			it.dropOnClose.Store(true)
 		}
 		return nil
 	case hasRec && rec.Op == OpDelete:
 		return ErrNotExist
 	}
-	if hasClean && cl.ETag == e.ETag && cl.Size == e.Size {
+	if hasClean && cl.ETag == e.ETag && cl.Size == e.Size && c.pinData(it, cl.DataID) {
 		f, err := os.OpenFile(c.dataPath(cl.DataID), os.O_RDWR, 0)
+		if err != nil {
+			it.id.Store(0)
+		}
 		if err == nil {
 			it.f, it.attr, it.base = f, e.Attr, e.ETag
 			it.id.Store(cl.DataID)
@@ -526,6 +545,7 @@ func (h *Handle) commit(flush bool) (uint64, string, error) {
 func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error) {
 	var gen uint64
 	var oldData uint64
+	var cleared bool
 	a := it.attr
 	a.Mtime = mtime
 	err := c.update(func(txn *badger.Txn) error {
@@ -544,10 +564,25 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 			}
 		}
 		gen = r.Gen
+		// A data file is clean or dirty, never both: an upload that
+		// finished while this writer had the file open recorded it as
+		// clean, and eviction must not take it now.
+		cleared = false
+		if cl, ok, err := getClean(txn, it.key); err != nil {
+			return err
+		} else if ok && cl.DataID == it.id.Load() {
+			if err := txn.Delete(cKey(it.key)); err != nil {
+				return err
+			}
+			cleared = true
+		}
 		return putRecord(txn, it.key, r)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("journal %s: %w", it.key, err)
+	}
+	if cleared {
+		c.lru.forget(it.id.Load())
 	}
 	// The record refers to the data file now: whatever dropped it before
 	// (it was a clean copy replaced or renamed), it stays.

@@ -152,14 +152,21 @@ func (l *lru) evictTo(limit int64) int {
 		}
 		var victim uint64
 		var vf *lruFile
+		l.c.mu.Lock()
+		open := l.c.openIDsLocked()
 		for id, f := range l.files {
-			if l.c.isOpen(id) {
+			if open[id] || l.c.evicting[id] {
 				continue
 			}
 			if vf == nil || f.used.Before(vf.used) {
 				victim, vf = id, f
 			}
 		}
+		if vf != nil {
+			// From here no open can pin it (see pinData).
+			l.c.evicting[victim] = true
+		}
+		l.c.mu.Unlock()
 		if vf == nil {
 			l.mu.Unlock()
 			return removed
@@ -167,7 +174,14 @@ func (l *lru) evictTo(limit int64) int {
 		delete(l.files, victim)
 		l.total -= vf.size
 		l.mu.Unlock()
+		keepFile := false
 		err := l.c.update(func(txn *badger.Txn) error {
+			keepFile = false
+			if r, ok, err := getRecord(txn, vf.key); err != nil {
+				return err
+			} else if ok && r.Op == OpPut && r.DataID == victim {
+				keepFile = true // dirty again: never evicted
+			}
 			cl, ok, err := getClean(txn, vf.key)
 			if err != nil || !ok || cl.DataID != victim {
 				return err
@@ -179,14 +193,41 @@ func (l *lru) evictTo(limit int64) int {
 			}
 			return txn.Delete(cKey(vf.key))
 		})
+		if err == nil && !keepFile {
+			os.Remove(l.c.dataPath(victim))
+			l.c.stats.Evictions.Add(1)
+			removed++
+		}
+		l.c.mu.Lock()
+		delete(l.c.evicting, victim)
+		l.c.mu.Unlock()
 		if err != nil {
 			l.c.log.Warn("evicting cache file", "err", err)
-			continue
 		}
-		os.Remove(l.c.dataPath(victim))
-		l.c.stats.Evictions.Add(1)
-		removed++
 	}
+}
+
+// openIDsLocked is the set of data files open items hold. Caller holds
+// c.mu.
+func (c *Cache) openIDsLocked() map[uint64]bool {
+	ids := make(map[uint64]bool, len(c.items))
+	for _, it := range c.items {
+		ids[it.id.Load()] = true
+	}
+	return ids
+}
+
+// pinData makes item it hold data file id, unless eviction is removing
+// that file right now (then the caller fetches the object again). Once
+// pinned, eviction skips the file while the item is open.
+func (c *Cache) pinData(it *Item, id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.evicting[id] {
+		return false
+	}
+	it.id.Store(id)
+	return true
 }
 
 func (c *Cache) isOpen(id uint64) bool {

@@ -385,39 +385,53 @@ func (c *Cache) List(ctx context.Context, dirKey string) ([]Entry, error) {
 	for k, v := range entries {
 		out[k] = v
 	}
-	c.applyRecent(dirKey, l, out)
+	// The journal is read before this mount's recent changes are applied
+	// (as Lookup does): a record the uploader completes in between is
+	// then either seen here or among the recent changes. The other way
+	// round, a delete finishing in between would be in neither, and the
+	// stale listing would show the name again (rm -rf's rmdir: ENOTEMPTY).
+	type pendingRec struct {
+		k string
+		r Record
+	}
+	var recs []pendingRec
 	err = c.db.View(func(txn *badger.Txn) error {
 		return scanRecords(txn, dirKey, func(k string, r Record) error {
-			rel := k[len(dirKey):]
-			if rel == "" {
-				return nil
-			}
-			seg, rest, nested := strings.Cut(rel, "/")
-			if nested && rest != "" {
-				// Something pending deeper down: seg is a directory.
-				if r.Op != OpDelete {
-					if old, ok := out[seg]; !ok || !old.Dir {
-						out[seg] = dirEntry(dirKey+seg+"/", c.o.Defaults)
-					}
-				}
-				return nil
-			}
-			if r.Op == OpDelete {
-				if old, ok := out[seg]; ok && old.Dir == nested {
-					delete(out, seg)
-				}
-				return nil
-			}
-			e := c.entryFromRecord(k, r)
-			if old, ok := out[seg]; ok && old.Dir && !e.Dir {
-				return nil
-			}
-			out[seg] = e
+			recs = append(recs, pendingRec{k, r})
 			return nil
 		})
 	})
 	if err != nil {
 		return nil, err
+	}
+	c.applyRecent(dirKey, l, out)
+	for _, pr := range recs {
+		k, r := pr.k, pr.r
+		rel := k[len(dirKey):]
+		if rel == "" {
+			continue
+		}
+		seg, rest, nested := strings.Cut(rel, "/")
+		if nested && rest != "" {
+			// Something pending deeper down: seg is a directory.
+			if r.Op != OpDelete {
+				if old, ok := out[seg]; !ok || !old.Dir {
+					out[seg] = dirEntry(dirKey+seg+"/", c.o.Defaults)
+				}
+			}
+			continue
+		}
+		if r.Op == OpDelete {
+			if old, ok := out[seg]; ok && old.Dir == nested {
+				delete(out, seg)
+			}
+			continue
+		}
+		e := c.entryFromRecord(k, r)
+		if old, ok := out[seg]; ok && old.Dir && !e.Dir {
+			continue
+		}
+		out[seg] = e
 	}
 	res := make([]Entry, 0, len(out))
 	for _, e := range out {

@@ -2,6 +2,11 @@ package cache
 
 import (
 	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -76,4 +81,90 @@ func (c *Cache) EnsureSpace(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// journalGuard keeps the journal's write-ahead log backed by disk blocks.
+// Badger writes its log through a shared memory mapping of a sparse file;
+// if the cache disk fills up (an app writing through FUSE passthrough,
+// which the daemon cannot refuse), touching a page of that file with no
+// block behind it is a SIGBUS that kills the daemon. The guard allocates
+// every log file (*.mem) as soon as it appears, so a full disk means
+// ENOSPC for the apps, not a crash. Badger also writes new tables through
+// mappings when it flushes a full memtable or compacts; that is rare, and
+// left to the free-space reserve.
+type journalGuard struct {
+	dir    string
+	log    *slog.Logger
+	done   map[string]int64 // allocated files and their sizes
+	warned bool
+	quit   chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+}
+
+func newJournalGuard(dir string, log *slog.Logger) *journalGuard {
+	return &journalGuard{dir: dir, log: log, done: map[string]int64{}, quit: make(chan struct{})}
+}
+
+// pass allocates the log files not allocated yet.
+func (g *journalGuard) pass() {
+	ents, err := os.ReadDir(g.dir)
+	if err != nil {
+		return
+	}
+	seen := map[string]bool{}
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".mem") {
+			continue
+		}
+		seen[name] = true
+		fi, err := e.Info()
+		if err != nil || g.done[name] == fi.Size() {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(g.dir, name), os.O_RDWR, 0)
+		if err != nil {
+			continue
+		}
+		err = syscall.Fallocate(int(f.Fd()), 0, 0, fi.Size())
+		f.Close()
+		switch {
+		case err == nil:
+			g.done[name] = fi.Size()
+		case !g.warned:
+			g.warned = true
+			g.log.Warn("cannot allocate the journal's log file; a full cache disk may crash the daemon", "file", name, "err", err)
+		}
+	}
+	for name := range g.done {
+		if !seen[name] {
+			delete(g.done, name)
+		}
+	}
+}
+
+// start allocates new log files as they appear, until stop.
+func (g *journalGuard) start() {
+	g.wg.Add(1)
+	go g.run()
+}
+
+func (g *journalGuard) run() {
+	defer g.wg.Done()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.quit:
+			return
+		case <-t.C:
+			g.pass()
+		}
+	}
+}
+
+func (g *journalGuard) stop() {
+	g.once.Do(func() { close(g.quit) })
+	g.wg.Wait()
 }

@@ -108,6 +108,22 @@ func (u *uploader) enqueue(key string, delay time.Duration) {
 	u.kick()
 }
 
+// enqueueRetry makes key due again after delay ("look again later"),
+// unless it became due earlier meanwhile: a change or the last close
+// while the worker was busy with it must not wait out the retry (a file
+// found open for writing would otherwise wait --writeback-max-wait after
+// its close).
+func (u *uploader) enqueueRetry(key string, delay time.Duration) {
+	at := time.Now().Add(delay)
+	u.mu.Lock()
+	if old, ok := u.due[key]; !ok || at.Before(old) {
+		u.due[key] = at
+		heap.Push(&u.q, dueItem{key, at})
+	}
+	u.mu.Unlock()
+	u.kick()
+}
+
 func (u *uploader) enqueuePrefix(prefix string) {
 	u.c.db.View(func(txn *badger.Txn) error {
 		return scanRecords(txn, prefix, func(k string, _ Record) error {
@@ -231,7 +247,7 @@ func (u *uploader) worker() {
 			delete(u.fails, key)
 			u.mu.Unlock()
 			if retry > 0 {
-				u.enqueue(key, retry)
+				u.enqueueRetry(key, retry)
 			}
 		}
 		u.notify(key)
@@ -320,10 +336,10 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 		// A new file (or a file renamed here) took the name of the
 		// source of a pending rename: the copy from it goes first, or it
 		// would take the new bytes.
-		if a, ok, err := c.record(r.After); err != nil {
+		if after, wait, err := c.copyPending(key); err != nil {
 			return 0, err
-		} else if ok && a.Op == OpCopy && a.Src == key {
-			u.enqueue(r.After, 0)
+		} else if wait {
+			u.enqueue(after, 0)
 			return time.Second, nil
 		}
 	}
@@ -352,10 +368,10 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 			}
 		}
 		if r.After != "" {
-			if a, ok, err := c.record(r.After); err != nil {
+			if after, wait, err := c.copyPending(key); err != nil {
 				return 0, err
-			} else if ok && a.Op == OpCopy && a.Src == key {
-				u.enqueue(r.After, 0)
+			} else if wait {
+				u.enqueue(after, 0)
 				return time.Second, nil // the copy first
 			}
 		}
@@ -372,6 +388,28 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 		return 0, err
 	}
 	return 0, fmt.Errorf("journal %s: unknown op %q", key, r.Op)
+}
+
+// copyPending reports whether a pending copy still reads key (the rename
+// source key's record waits for, j/<After>). The record of key and the one
+// it waits for are read in one transaction: a rename that moves that copy
+// on to a new name, pointing key's After at it, commits either before or
+// after, never in between (read apart, the copy seems gone and key's
+// object is deleted before the moved copy has read it).
+func (c *Cache) copyPending(key string) (after string, wait bool, err error) {
+	err = c.db.View(func(txn *badger.Txn) error {
+		cur, ok, err := getRecord(txn, key)
+		if err != nil || !ok || cur.After == "" {
+			return err
+		}
+		a, ok, err := getRecord(txn, cur.After)
+		if err != nil {
+			return err
+		}
+		after, wait = cur.After, ok && a.Op == OpCopy && a.Src == key
+		return nil
+	})
+	return after, wait, err
 }
 
 // markSending records, before an upload or copy to key is sent, that the

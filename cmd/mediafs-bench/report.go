@@ -111,7 +111,7 @@ func (b *bench) report(info *machine, targets []*target, raws map[int]*target, w
 		switch {
 		case ok && c.ok:
 			s := fmtVal(c.v)
-			if strings.HasPrefix(c.note, "partial") || strings.Contains(c.note, "not dropped") || strings.HasPrefix(c.note, "median") {
+			if strings.HasPrefix(c.note, "partial") || strings.Contains(c.note, "not dropped") || strings.HasPrefix(c.note, "median") || strings.Contains(c.note, "EINTR") {
 				s += nt.ref(t.name + ": " + c.note)
 			}
 			return s

@@ -271,12 +271,25 @@ func (b *bench) meta(t *target) error {
 	}
 	n := b.metaN
 	name := func(p string, i int) string { return filepath.Join(dir, fmt.Sprintf("%s%05d", p, i)) }
-	phase := func(key, what string, want int, op func(i int) error) (int, error) {
+	phase := func(key, what string, want int, op0 func(i int) error) (int, error) {
 		var (
 			i     int
 			el    time.Duration
 			opErr error
+			eintr int
 		)
+		// EINTR is retried (as Go's os package and Python, PEP 475, do)
+		// and counted: a file system should not return it for a signal
+		// that was not meant to interrupt the call.
+		op := func(i int) error {
+			for {
+				err := op0(i)
+				if err != syscall.EINTR {
+					return err
+				}
+				eintr++
+			}
+		}
 		b.prof(t, key, func() {
 			bud := newBudget(b.phaseBudget)
 			start := time.Now()
@@ -292,6 +305,10 @@ func (b *bench) meta(t *target) error {
 			return i, opErr
 		}
 		r, note := rate(i, want, el)
+		if eintr > 0 {
+			note = strings.TrimPrefix(note+fmt.Sprintf("; %d× EINTR (retried)", eintr), "; ")
+			logf("%s: %s: got EINTR %d times", t.name, what, eintr)
+		}
 		t.set(key, r, note)
 		logf("%s: %s: %d in %.2fs = %.0f ops/s", t.name, what, i, el.Seconds(), r)
 		return i, nil

@@ -224,9 +224,20 @@ func faultAlive(t *testing.T, m *mnt) {
 	t.Helper()
 	select {
 	case <-m.done:
-		t.Fatalf("mediafs exited: %v\n%s", m.exitErr, tail(m.log(), 6000))
+		t.Fatalf("mediafs exited: %v\n%s", m.exitErr, faultCrash(m.log()))
 	default:
 	}
+}
+
+// faultCrash returns the start of a Go crash report in a daemon log (or
+// its end if there is none).
+func faultCrash(log string) string {
+	for _, w := range []string{"panic:", "fatal error:", "unexpected fault", "SIGBUS", "SIGSEGV"} {
+		if i := strings.Index(log, w); i >= 0 {
+			return log[max(0, i-2000):min(len(log), i+5000)]
+		}
+	}
+	return tail(log, 6000)
 }
 
 // faultLoad is a write load on one directory of a mount, with the model
@@ -1192,7 +1203,7 @@ func TestFaultCacheDiskFull(t *testing.T) {
 	e := newEnv(t)
 	cacheDir := faultTmpfs(t, "64m")
 	const wait = 2 * time.Second
-	m := e.mount(t, "--cache-dir", cacheDir, "--cache-full-wait", wait.String(), "--drain-timeout", "5s")
+	m := e.mount(t, append([]string{"--cache-dir", cacheDir, "--cache-full-wait", wait.String(), "--drain-timeout", "5s"}, faultTimeoutFlags...)...)
 	if err := os.Mkdir(m.path("full"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -1279,7 +1290,7 @@ func TestFaultCacheDiskFull(t *testing.T) {
 		t.Errorf("listing the full cache's directory: %v", err)
 	}
 	if strings.Contains(m.log(), "panic") || strings.Contains(m.log(), "SIGBUS") {
-		t.Fatalf("the daemon log shows a crash:\n%s", tail(m.log(), 4000))
+		t.Fatalf("the daemon log shows a crash:\n%s", faultCrash(m.log()))
 	}
 
 	// The store comes back: uploads drain, space frees, and new writes
@@ -1365,4 +1376,87 @@ func faultServerView(t *testing.T, e *env, key string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Renaming a directory again and again, faster than the uploader copies
+// it, must not lose a file: each rename moves the pending copies on, and
+// the delete of the original waits for the copy that reads it now (it
+// once checked that copy and its own record apart, so a rename in between
+// let it delete the source of the moved copy: "copy source vanished").
+func TestFaultRapidDirectoryRenamesKeepEveryFile(t *testing.T) {
+	e := newEnv(t)
+	m := e.mount(t)
+	if err := os.MkdirAll(m.path("c/tree-0"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{}
+	for i := 0; i < 50; i++ {
+		k := fmt.Sprintf("leaf-%02d.txt", i)
+		want[k] = faultBytes(int64(i), 100+i*200)
+		writeFile(t, m.path("c/tree-0/"+k), want[k])
+	}
+	for k, v := range want {
+		e.waitObject(t, "c/tree-0/"+k, v, 30*time.Second)
+	}
+	gen := 0
+	for round := 0; round < 25; round++ {
+		time.Sleep(time.Duration(round%5) * 40 * time.Millisecond)
+		from, to := fmt.Sprintf("c/tree-%d", gen), fmt.Sprintf("c/tree-%d", gen+1)
+		if err := os.Rename(m.path(from), m.path(to)); err != nil {
+			t.Fatalf("rename %s -> %s: %v", from, to, err)
+		}
+		gen++
+		if round == 15 {
+			m.kill9(t)
+			m.restart(t)
+		}
+	}
+	final := fmt.Sprintf("c/tree-%d/", gen)
+	m.stop(t)
+	files := map[string][]byte{}
+	for k, v := range want {
+		files[final+k] = v
+	}
+	faultCheckBucket(t, e, "c/", files, []string{"c/", final}, 30*time.Second)
+	if n := strings.Count(m.log(), "copy source vanished"); n > 0 {
+		t.Errorf("%d renames were dropped (copy source vanished)", n)
+	}
+}
+
+// A file renamed (or deleted) while its upload is in flight: the object
+// the upload leaves under the old name must be deleted, even when the
+// daemon is killed right after (the journal must know an upload of that
+// key was sent before it is sent, not only once it is answered).
+func TestFaultRenameDuringUploadLeavesNoGhost(t *testing.T) {
+	e := newEnv(t)
+	m := e.mount(t)
+	if err := os.Mkdir(m.path("p"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{}
+	for i := 0; i < 6; i++ {
+		big := faultBytes(int64(i), 40<<20)
+		small := faultBytes(int64(i)+100, 77962)
+		k := fmt.Sprintf("p/big-%d.mp4", i)
+		writeFile(t, m.path(k), big)
+		time.Sleep(time.Duration(i%3) * 300 * time.Millisecond) // upload in flight, or done
+		writeFile(t, m.path(k), small)
+		to := fmt.Sprintf("p/moved-%d.jpg", i)
+		if i%2 == 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		if err := os.Rename(m.path(k), m.path(to)); err != nil {
+			t.Fatal(err)
+		}
+		want[to] = small
+		if b, err := os.ReadFile(m.path(to)); err != nil || !bytes.Equal(b, small) {
+			t.Errorf("%s right after the rename: %v, %d bytes", to, err, len(b))
+		}
+		if i%2 == 0 {
+			m.kill9(t)
+			m.restart(t)
+		}
+	}
+	m.stop(t)
+	faultCheckBucket(t, e, "p/", want, []string{"p/"}, 60*time.Second)
 }

@@ -435,16 +435,8 @@ func TestToolsRmRf(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dst, "junk/a/b/c/new.txt"), []byte("new"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command("rm", "-rf", filepath.Join(dst, "junk")).CombinedOutput(); err != nil {
-			// Say what was left, for the report.
-			var left []string
-			filepath.WalkDir(filepath.Join(dst, "junk"), func(p string, d fs.DirEntry, err error) error {
-				left = append(left, p)
-				return nil
-			})
-			t.Fatalf("rm -rf junk in %s: %v\n%s\nleft on the mount: %q\nbucket under junk/: %q", dst, err, out, left, e.keys(t, "junk/"))
-		}
-		toolRun(t, dst, "rm", "-rf", "keep/a/b")
+		rmRf(t, e, dst, "junk")
+		rmRf(t, e, dst, "keep/a/b")
 	}
 	delete(want, "a/b")
 	for k := range want {
@@ -473,6 +465,21 @@ func TestToolsRmRf(t *testing.T) {
 		t.Errorf("second mount: junk: %v", err)
 	}
 	sameTree(t, "second mount vs local", snapTree(t, b.path("keep")), gotLocal, o)
+}
+
+// rmRf runs rm -rf dst/rel and, if it fails, says what was left.
+func rmRf(t *testing.T, e *env, dst, rel string) {
+	t.Helper()
+	out, err := exec.Command("rm", "-rf", filepath.Join(dst, rel)).CombinedOutput()
+	if err == nil {
+		return
+	}
+	var left []string
+	filepath.WalkDir(filepath.Join(dst, rel), func(p string, d fs.DirEntry, err error) error {
+		left = append(left, fmt.Sprintf("%s (err %v)", p, err))
+		return nil
+	})
+	t.Fatalf("rm -rf %s in %s: %v\n%s\nleft: %q\nbucket under %s/: %q", rel, dst, err, out, left, rel, e.keys(t, rel+"/"))
 }
 
 // ---- Django's FileSystemStorage ----
