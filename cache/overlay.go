@@ -657,6 +657,20 @@ func (c *Cache) implicitDir(def Attr) Attr {
 
 var errStop = errors.New("stop")
 
+// DirEntry is the entry of a directory the kernel already knows (the
+// GETATTR of its inode, sent after every create, rename and unlink in it):
+// its attributes, without proving again that it exists, which would scan
+// every pending change below it.
+func (c *Cache) DirEntry(ctx context.Context, dirKey string) Entry {
+	e := dirEntry(dirKey, c.o.Defaults)
+	if r, ok, err := c.record(dirKey); err == nil && ok && r.Op == OpPut {
+		e.Attr, e.Pending = r.Attr, true
+		return e
+	}
+	e.Attr = c.dirAttr(ctx, dirKey, e.Attr)
+	return e
+}
+
 // DirAttr returns the attributes of directory dirKey from its marker, if
 // it was listed; ok is false otherwise.
 func (c *Cache) DirAttr(dirKey string) (Attr, bool) {

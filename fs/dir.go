@@ -80,11 +80,15 @@ func (d *dirNode) Readdir(ctx context.Context) (stream gofs.DirStream, errno sys
 
 // Getattr implements gofs.NodeGetattrer.
 func (d *dirNode) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	e, err := d.entry(ctx, true)
-	if err != nil {
-		return toErrno(err)
+	if d.path() == "" {
+		e, err := d.entry(ctx, true)
+		if err != nil {
+			return toErrno(err)
+		}
+		fillAttr(e, &out.Attr)
+		return 0
 	}
-	fillAttr(e, &out.Attr)
+	fillAttr(d.fsys.c.DirEntry(ctx, d.dirKey()), &out.Attr)
 	return 0
 }
 
