@@ -22,6 +22,11 @@ func (m chanMutex) TryLock() bool {
 }
 
 func (m chanMutex) LockCtx(ctx context.Context) error {
+	// A free lock is taken even if ctx is already done: select would pick
+	// at random, and an interrupted request would fail for nothing.
+	if m.TryLock() {
+		return nil
+	}
 	select {
 	case m <- struct{}{}:
 		return nil
