@@ -54,4 +54,4 @@ if (($# == 0)); then
 fi
 
 go vet ./...
-go test -count=1 -timeout 30m "$@"
+go test -count=1 -timeout 60m "$@"
