@@ -416,12 +416,12 @@ func (c *Cache) copyPending(key string) (after string, wait bool, err error) {
 // bucket may hold what it writes from then on (see Record.Sent): if the
 // change is dropped later, even after a kill -9 while the request was in
 // flight, the key is deleted. It reports false when key has no record any
-// more (nothing to send).
-func (c *Cache) markSending(key string) bool {
+// more, or a newer one than gen (whoever changed it queued it again).
+func (c *Cache) markSending(key string, gen uint64) bool {
 	ok := false
 	err := c.update(func(txn *badger.Txn) error {
 		cur, found, err := getRecord(txn, key)
-		ok = found && cur.Op != OpDelete
+		ok = found && cur.Op != OpDelete && cur.Gen == gen
 		if err != nil || !ok || cur.inBucket(key) {
 			return err
 		}
@@ -539,8 +539,8 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 		// unlinked or renamed away, whose object is still there.)
 		opts.IfNoneMatch = true
 	}
-	if !c.markSending(key) {
-		return 0, nil // unlinked or renamed away meanwhile: nothing to upload
+	if !c.markSending(key, r.Gen) {
+		return 0, nil // changed, unlinked or renamed away meanwhile: not this one to upload
 	}
 	obj, err := c.st.Put(ctx, key, body, size, opts)
 	c.noteBackend(err)
@@ -606,7 +606,7 @@ func (u *uploader) dropIfVanished(key string) {
 
 func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duration, error) {
 	c := u.c
-	if !c.markSending(key) {
+	if !c.markSending(key, r.Gen) {
 		return 0, nil
 	}
 	obj, err := c.st.Copy(ctx, r.Src, key, r.SrcSize, backend.PutOptions{
@@ -805,7 +805,6 @@ func (u *uploader) conflict(ctx context.Context, key string, r Record, body io.R
 			return 0, perr
 		}
 	}
-	zzim, zzinm := opts.IfMatch, opts.IfNoneMatch
 	sib := conflictName(key, c.o.Host+"-"+c.instance[:6], time.Now())
 	opts.IfMatch, opts.IfNoneMatch = "", false
 	if _, err := c.st.Put(ctx, sib, body, size, opts); err != nil {
@@ -813,7 +812,7 @@ func (u *uploader) conflict(ctx context.Context, key string, r Record, body io.R
 	}
 	c.stats.Conflicts.Add(1)
 	c.log.Warn("conflict: the object was changed on another machine; it keeps the name and this machine's version is kept beside it",
-		"key", key, "kept_as", sib, "ZZDEBUG", fmt.Sprintf("rec=%+v ifmatch=%q ifnone=%v cur=%q curtag=%q tag=%q staterr=%v", r, zzim, zzinm, cur.ETag, cur.Metadata[metaUploadTag], tag, err))
+		"key", key, "kept_as", sib)
 	done, ferr := u.finish(key, r, nil)
 	c.InvalidateDir(parentDir(key))
 	if done {

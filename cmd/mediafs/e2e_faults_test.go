@@ -50,6 +50,7 @@ func faultBytes(seed int64, n int) []byte {
 // faultOps times file system operations and reports the slow ones.
 type faultOps struct {
 	mu    sync.Mutex
+	start time.Time
 	limit time.Duration
 	durs  map[string][]time.Duration
 	slow  []string
@@ -58,7 +59,7 @@ type faultOps struct {
 }
 
 func newFaultOps(limit time.Duration) *faultOps {
-	return &faultOps{limit: limit, durs: map[string][]time.Duration{}}
+	return &faultOps{start: time.Now(), limit: limit, durs: map[string][]time.Duration{}}
 }
 
 // do runs fn as operation op and records its duration; an error is
@@ -72,7 +73,7 @@ func (o *faultOps) do(op string, fn func() error) error {
 	o.total++
 	o.durs[op] = append(o.durs[op], d)
 	if d > o.limit {
-		o.slow = append(o.slow, fmt.Sprintf("%s took %v", op, d.Round(time.Millisecond)))
+		o.slow = append(o.slow, fmt.Sprintf("%s took %v (started at +%v)", op, d.Round(time.Millisecond), t0.Sub(o.start).Round(time.Millisecond)))
 	}
 	if err != nil {
 		o.errs = append(o.errs, fmt.Sprintf("%s: %v", op, err))
@@ -466,9 +467,15 @@ func faultOutageSetup(t *testing.T, e *env) (m *mnt, warm, before map[string][]b
 // hold once the store is back.
 func faultOutageUnderLoad(t *testing.T, m *mnt, warm, before map[string][]byte, what string) map[string][]byte {
 	t.Helper()
-	// Past the listing TTL: the first operations that ask the store find
-	// out it is unreachable, within the op timeout.
-	time.Sleep(1200 * time.Millisecond)
+	// The first operation that needs the store finds out it is
+	// unreachable, within the op timeout; from then on the mount knows.
+	// (A stat may be served from the kernel's or the daemon's caches and
+	// never ask: the read of an uncached object always does.)
+	faultWantEIO(t, "the first read of an uncached object", func() error {
+		_, err := os.ReadFile(m.path("cold/never-read.txt"))
+		return err
+	})
+	time.Sleep(1200 * time.Millisecond) // past the listing TTL
 	faultBounded(t, "the first stat after the store became unreachable", faultBound, func() error {
 		_, err := os.Stat(m.path("load/uploaded-0.txt"))
 		return err
@@ -869,6 +876,11 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 		written[faultSHA(v)] = k
 	}
 	var history []string
+	defer func() {
+		if t.Failed() {
+			t.Logf("operations:\n  %s", strings.Join(history, "\n  "))
+		}
+	}()
 	ack := func(key string, data []byte, n int) {
 		fm.files[key] = data
 		written[faultSHA(data)] = fmt.Sprintf("%s (op %d)", key, n)
@@ -1076,7 +1088,6 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 			}
 		}
 		if t.Failed() {
-			t.Logf("operations:\n  %s", strings.Join(history, "\n  "))
 			t.FailNow()
 		}
 	}
@@ -1143,9 +1154,18 @@ func TestFaultKill9AtRandomMoments(t *testing.T) {
 	shown := map[string]bool{}
 	for _, d := range dirs {
 		shown[d+"/"] = true
-		if !want[d+"/"] {
-			t.Errorf("the mount shows directory %s, which no acknowledged operation left; %s", d, faultServerView(t, e, d))
+		if want[d+"/"] {
+			continue
 		}
+		if ents, _ := os.ReadDir(m.path(d)); len(ents) == 0 && len(e.keys(t, d+"/")) == 0 && !want[d] {
+			// MinIO (one drive) can leave the data of an object written
+			// and deleted around a kill -9 without its xl.meta; it then
+			// lists that path as an empty common prefix, though no
+			// object is below it. Not the mount's doing.
+			t.Logf("MinIO lists an empty common prefix %s/ with no object below it; %s", d, faultServerView(t, e, d))
+			continue
+		}
+		t.Errorf("the mount shows directory %s, which no acknowledged operation left; %s", d, faultServerView(t, e, d))
 	}
 	for k := range want {
 		if strings.HasSuffix(k, "/") && !shown[k] {
@@ -1353,18 +1373,13 @@ func faultWhose(e *env, b []byte, written map[string]string) string {
 }
 
 // faultServerView describes what the server holds at key, to explain a
-// surprise: its one-level listing of the parent, and MinIO's files for it.
+// surprise: its one-level listing from key, and MinIO's files for it.
 func faultServerView(t *testing.T, e *env, key string) string {
 	key = strings.TrimSuffix(key, "/")
-	parent := ""
-	if i := strings.LastIndex(key, "/"); i >= 0 {
-		parent = key[:i+1]
-	}
 	var out []string
 	for o := range e.client().ListObjects(context.Background(), e.bucket, minio.ListObjectsOptions{Prefix: key}) {
 		out = append(out, fmt.Sprintf("listed %q size %d etag %q err %v", o.Key, o.Size, o.ETag, o.Err))
 	}
-	_ = parent
 	if pid := e.minio.PID(); pid != 0 {
 		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
 			args := strings.Split(string(cmdline), "\x00")
@@ -1390,7 +1405,7 @@ func TestFaultRapidDirectoryRenamesKeepEveryFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]byte{}
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 30; i++ {
 		k := fmt.Sprintf("leaf-%02d.txt", i)
 		want[k] = faultBytes(int64(i), 100+i*200)
 		writeFile(t, m.path("c/tree-0/"+k), want[k])
@@ -1399,14 +1414,14 @@ func TestFaultRapidDirectoryRenamesKeepEveryFile(t *testing.T) {
 		e.waitObject(t, "c/tree-0/"+k, v, 30*time.Second)
 	}
 	gen := 0
-	for round := 0; round < 25; round++ {
+	for round := 0; round < 20; round++ {
 		time.Sleep(time.Duration(round%5) * 40 * time.Millisecond)
 		from, to := fmt.Sprintf("c/tree-%d", gen), fmt.Sprintf("c/tree-%d", gen+1)
 		if err := os.Rename(m.path(from), m.path(to)); err != nil {
 			t.Fatalf("rename %s -> %s: %v", from, to, err)
 		}
 		gen++
-		if round == 15 {
+		if round == 12 {
 			m.kill9(t)
 			m.restart(t)
 		}
