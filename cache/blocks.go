@@ -69,6 +69,8 @@ type blockMap struct {
 	failErr error
 	// detached is set once a writer took the data file over (see detach).
 	detached bool
+	// wg counts fetches in flight (see setGroup).
+	wg *sync.WaitGroup
 }
 
 // failFast: while the store is down, a read of a missing block within
@@ -76,6 +78,10 @@ type blockMap struct {
 // another op timeout. The kernel retries a failed read itself, and a
 // read(2) must fail within one op timeout, not two.
 const failFast = 2 * time.Second
+
+// fetchGroup is set by the owning item: it waits for the map's fetches
+// before closing the data file they write into.
+func (m *blockMap) setGroup(wg *sync.WaitGroup) { m.wg = wg }
 
 type blockFetch struct {
 	done chan struct{}
@@ -237,6 +243,9 @@ func (m *blockMap) readOnce(ctx context.Context, p []byte, off int64, first, las
 		if f == nil {
 			f = &blockFetch{done: make(chan struct{})}
 			m.inflight[b] = f
+			if m.wg != nil {
+				m.wg.Add(1)
+			}
 			go m.fetch(b, f)
 		}
 		if b <= last {
@@ -330,6 +339,9 @@ func (m *blockMap) trimLocked(keep int) {
 
 // fetch downloads block b into the sparse file.
 func (m *blockMap) fetch(b int, f *blockFetch) {
+	if m.wg != nil {
+		defer m.wg.Done()
+	}
 	m.sem <- struct{}{}
 	defer func() { <-m.sem }()
 	off := int64(b) * blockSize

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -56,6 +57,8 @@ type Item struct {
 	claimSent bool
 	// blocks is set while the data file holds only some blocks.
 	blocks *blockMap
+	// fetches counts block fetches writing into f (see blockMap.setGroup).
+	fetches sync.WaitGroup
 	// cachedIO counts open handles served through the daemon rather than
 	// by FUSE passthrough. The kernel fails with EIO an open that would
 	// put an inode in both modes at once, so while any such handle is
@@ -294,6 +297,7 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 					c.log.Warn("reading block map; refetching", "key", key, "err", err)
 				}
 				it.blocks = newBlockMap(c, key, e.ETag, e.Size, cl.DataID, f, have)
+				it.blocks.setGroup(&it.fetches)
 			}
 			c.stats.CacheHits.Add(1)
 			return nil
@@ -346,6 +350,7 @@ func (c *Cache) newSparse(it *Item, key string, e Entry) error {
 	it.f, it.attr, it.base = f, e.Attr, e.ETag
 	it.id.Store(id) // before the LRU may evict: see fetchWhole
 	it.blocks = newBlockMap(c, key, e.ETag, e.Size, id, f, nil)
+	it.blocks.setGroup(&it.fetches)
 	c.lru.add(id, key, e.Size)
 	return nil
 }
@@ -434,6 +439,9 @@ func (c *Cache) unref(it *Item) {
 	}
 	it.mu.Lock()
 	defer it.mu.Unlock()
+	// Read-ahead may still be writing into the file (bounded by the op
+	// timeout): let it finish before the file is closed.
+	it.fetches.Wait()
 	if it.f != nil {
 		it.f.Close()
 		it.f = nil
