@@ -174,7 +174,10 @@ func TestChangesOnOneMountShowOnTheOther(t *testing.T) {
 
 	writeFile(t, a.path("d/f.txt"), []byte("two, longer"))
 	e.waitObject(t, "d/f.txt", []byte("two, longer"), 10*time.Second)
-	measure("overwrite", func() bool { b2, err := os.ReadFile(b.path("d/f.txt")); return err == nil && string(b2) == "two, longer" })
+	measure("overwrite", func() bool {
+		b2, err := os.ReadFile(b.path("d/f.txt"))
+		return err == nil && string(b2) == "two, longer"
+	})
 
 	if err := os.Chmod(a.path("d/f.txt"), 0o600); err != nil {
 		t.Fatal(err)
