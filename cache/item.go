@@ -676,15 +676,6 @@ func (h *Handle) Allocate(off, size int64, mode uint32) error {
 	return nil
 }
 
-// MarkDirty records a change made behind the handle's back (fallocate).
-func (h *Handle) MarkDirty() {
-	if h.it != nil {
-		h.it.mu.Lock()
-		h.it.dirtyData = true
-		h.it.mu.Unlock()
-	}
-}
-
 // Entry describes the open file: attributes from the item, size and mtime
 // from its data file.
 func (h *Handle) Entry() Entry {

@@ -229,14 +229,3 @@ func (c *Cache) pinData(it *Item, id uint64) bool {
 	it.id.Store(id)
 	return true
 }
-
-func (c *Cache) isOpen(id uint64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, it := range c.items {
-		if it.id.Load() == id {
-			return true
-		}
-	}
-	return false
-}

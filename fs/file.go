@@ -231,5 +231,3 @@ func (fh *fileHandle) Allocate(ctx context.Context, off uint64, size uint64, mod
 	// Through the data file, whether or not the handle is passthrough.
 	return toErrno(fh.h.Allocate(int64(off), int64(size), mode))
 }
-
-var _ = time.Now

@@ -7,7 +7,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -349,5 +348,3 @@ func readFile(t *testing.T, path string) []byte {
 	}
 	return b
 }
-
-var errNotMounted = errors.New("not mounted")
