@@ -73,6 +73,8 @@ type Cache struct {
 	items  map[string]*Item
 	dirs   map[string]*dirListing
 	recent map[string]map[string]recentChange // dir key -> key -> change
+	// recentSwept is when each dir's recent changes were last swept.
+	recentSwept map[string]time.Time
 	// evicting holds the data files eviction is removing (see pinData).
 	evicting map[uint64]bool
 	// dirMetas caches directory marker attributes (see dirAttr).
@@ -135,7 +137,7 @@ func Open(o Options) (*Cache, error) {
 	}
 	c := &Cache{o: o, log: o.Logger, st: o.Store,
 		dataDir: filepath.Join(o.Dir, "data"),
-		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]map[string]recentChange{},
+		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]map[string]recentChange{}, recentSwept: map[string]time.Time{},
 		dirMetas: map[string]dirMeta{}, started: time.Now(), evicting: map[uint64]bool{}}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)

@@ -314,7 +314,11 @@ func (c *Cache) noteRemote(key string, e *Entry) {
 			}
 		}
 	}
-	if len(dir) > 1024 {
+	// Sweep old changes now and then, not on every call: a directory
+	// getting thousands of changes a second would otherwise rescan all of
+	// them each time.
+	if len(dir) > 1024 && now.Sub(c.recentSwept[pd]) > time.Second {
+		c.recentSwept[pd] = now
 		for k, r := range dir {
 			if now.Sub(r.at) > c.o.DirTTL+10*time.Second {
 				delete(dir, k)
