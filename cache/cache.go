@@ -75,6 +75,7 @@ type Cache struct {
 	recent map[string]map[string]recentChange // dir key -> key -> change
 	// recentSwept is when each dir's recent changes were last swept.
 	recentSwept map[string]time.Time
+	spares      *spares
 	// evicting holds the data files eviction is removing (see pinData).
 	evicting map[uint64]bool
 	// dirMetas caches directory marker attributes (see dirAttr).
@@ -192,6 +193,7 @@ func Open(o Options) (*Cache, error) {
 	if n > 0 {
 		c.log.Info("resuming pending uploads from the journal", "count", n, "bytes", bytes)
 	}
+	c.spares = newSpares(c)
 	c.up.start()
 	c.guard.start()
 	return c, nil
@@ -207,6 +209,7 @@ func (c *Cache) Drain(ctx context.Context) (left int, bytes int64) {
 // the journal for the next start.
 func (c *Cache) Close() error {
 	c.up.stop()
+	c.spares.stop()
 	c.guard.stop()
 	c.mu.Lock()
 	for _, it := range c.items {

@@ -26,7 +26,7 @@ const never = time.Hour
 
 // testEnv is one cache over an in-memory store.
 type testEnv struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 	mem *backendtest.Mem
 	st  backend.Store // what the cache talks to: mem, or a wrapper of it
@@ -56,7 +56,7 @@ func (b *syncBuffer) String() string {
 
 // newEnv opens a cache with a short write-back delay unless opt changes
 // it. The cache is closed when the test ends.
-func newEnv(t *testing.T, opt func(*Options)) *testEnv {
+func newEnv(t testing.TB, opt func(*Options)) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, dir: t.TempDir(), mem: backendtest.NewMem(), log: &syncBuffer{}}
 	e.st = e.mem
@@ -104,7 +104,7 @@ func (e *testEnv) close() {
 	e.c = nil
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx

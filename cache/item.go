@@ -73,7 +73,10 @@ type Handle struct {
 	write   bool
 	counted bool // counted in it.writers
 	stat0   fileStamp
-	blocks  *blockMap // set while the data file is partial
+	// createdGen is the generation Create journaled, which an unchanged
+	// file's close must still wait for with --upload=close.
+	createdGen uint64
+	blocks     *blockMap // set while the data file is partial
 	// cachedIO: served through the daemon (counted in it.cachedIO).
 	cachedIO bool
 }
@@ -356,14 +359,11 @@ func (c *Cache) newSparse(it *Item, key string, e Entry) error {
 }
 
 func (c *Cache) newData(it *Item, a Attr, base string, created bool) error {
-	id, err := c.newDataID()
+	sf, err := c.spares.take()
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(c.dataPath(id), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("cache file: %w", err)
-	}
+	id, f := sf.id, sf.f
 	it.f, it.attr, it.base = f, a, base
 	it.id.Store(id)
 	if created {
@@ -378,16 +378,12 @@ func (c *Cache) newData(it *Item, a Attr, base string, created bool) error {
 // fetchWhole downloads object src (version e) into a new data file for it
 // and records it as clean for src.
 func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) error {
-	id, err := c.newDataID()
+	sf, err := c.spares.take()
 	if err != nil {
 		return err
 	}
-	path := c.dataPath(id)
+	id, f, path := sf.id, sf.f, sf.f.Name()
 	c.makeRoom(e.Size)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("cache file: %w", err)
-	}
 	// Not ended by a FUSE interrupt (see opCtx).
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout+time.Duration(e.Size>>20)*time.Second)
 	defer cancel()
@@ -517,6 +513,10 @@ func (h *Handle) Flush(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if gen == 0 {
+		gen = h.createdGen
+	}
+	h.createdGen = 0
 	if h.c.o.UploadOnClose && gen > 0 {
 		wctx, cancel := h.c.opCtx(ctx)
 		defer cancel()

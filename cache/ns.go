@@ -52,7 +52,14 @@ func (c *Cache) Create(ctx context.Context, key string, a Attr, excl bool) (*Han
 		}
 	}
 	it.mu.Lock()
-	_, err = c.journalPut(it, 0, a.Mtime)
+	gen, err := c.journalPut(it, 0, a.Mtime)
+	if err == nil {
+		// Journaled as it is: a close with no write in between has
+		// nothing more to record.
+		it.dirtyData = false
+		h.stat0 = stamp(it.f)
+		h.createdGen = gen
+	}
 	claimSent := it.claimSent
 	it.mu.Unlock()
 	if err != nil {
