@@ -92,3 +92,38 @@ func BenchmarkRemoveListed(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkList2000(b *testing.B) {
+	e := benchEnv(b)
+	for i := 0; i < 2000; i++ {
+		e.setRemote(fmt.Sprintf("d/f%07d", i), "x")
+	}
+	ctx := ctxT(b)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ents, err := e.c.List(ctx, "d/")
+		if err != nil || len(ents) != 2000 {
+			b.Fatal(len(ents), err)
+		}
+	}
+}
+
+func BenchmarkSmallFileWrite(b *testing.B) {
+	e := benchEnv(b)
+	ctx := ctxT(b)
+	buf := make([]byte, 64<<10)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		h, err := e.c.Create(ctx, fmt.Sprintf("d/f%07d", i), fileAttr, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := h.WriteAt(buf, 0); err != nil {
+			b.Fatal(err)
+		}
+		if err := h.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		h.Release()
+	}
+}
