@@ -467,6 +467,42 @@ func TestUploadOnCloseFlushWaitsForTheBucket(t *testing.T) {
 	}
 }
 
+// With --upload=close, a close while another writer still has the file
+// open uploads what is there now instead of waiting for that writer (a
+// log appender, a second upload handler) and failing after the timeout.
+func TestUploadOnCloseWithAnotherWriterOpen(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.UploadOnClose = true
+		o.WritebackDelay = never
+		o.WritebackMaxWait = time.Hour
+	})
+	h1 := e.createOpen("shared.log")
+	e.write(h1, "first\n", 0)
+	ent := e.lookup("shared.log")
+	h2, err := e.c.Open(ctxT(t), "shared.log", ent, OpenFlags{Write: true})
+	if err != nil {
+		t.Fatalf("second open: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := h1.Flush(ctx); err != nil {
+		t.Fatalf("first close with a second writer open: %v (after %v)", err, time.Since(start))
+	}
+	h1.Release()
+	if _, data := e.stored("shared.log"); data != "first\n" {
+		t.Errorf("bucket holds %q when the first close returned, want %q", data, "first\n")
+	}
+	e.write(h2, "second\n", 6)
+	if err := h2.Flush(ctx); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	h2.Release()
+	if _, data := e.stored("shared.log"); data != "first\nsecond\n" {
+		t.Errorf("bucket holds %q after the second close", data)
+	}
+}
+
 func TestRenameOfPendingFileUploadsOnlyTheNewKey(t *testing.T) {
 	tests := []struct {
 		name string

@@ -564,7 +564,7 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 		r := Record{Op: OpPut, DataID: it.id.Load(), Size: size, Attr: a, BaseETag: it.base, Excl: it.excl, Gen: 1}
 		if ok {
 			r.Gen = old.Gen + 1
-			r.Since = old.Since
+			r.Since, r.UploadedGen = old.Since, old.UploadedGen
 			r.InBucket, r.Sent = old.sentApart().inBucket(it.key), old.Sent
 			r.After = old.After // still the source of a pending rename
 			if old.Op == OpPut && old.DataID != it.id.Load() {

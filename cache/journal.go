@@ -75,6 +75,9 @@ type Record struct {
 	Symlink bool `json:"symlink,omitempty"`
 	// Uploaded is set once some generation of this key reached the bucket.
 	Uploaded bool `json:"uploaded,omitempty"`
+	// UploadedGen is the latest generation known to be in the bucket
+	// (with --upload=close a close waits for its generation).
+	UploadedGen uint64 `json:"uploaded_gen,omitempty"`
 	// InBucket is set when the bucket may hold an object under this key
 	// that the change replaces though it is based on no version of it
 	// (a create over a pending delete, say): dropping the change must

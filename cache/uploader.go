@@ -285,7 +285,7 @@ func (u *uploader) waitUploaded(ctx context.Context, key string, gen uint64) err
 		if err != nil {
 			return err
 		}
-		if !ok || r.Gen > gen && r.Uploaded {
+		if !ok || r.UploadedGen >= gen {
 			return nil
 		}
 		select {
@@ -495,12 +495,15 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 			writers := it.writers
 			it.mu.Unlock()
 			if writers > 0 {
-				if wait := c.o.WritebackMaxWait - time.Since(r.Since); wait > 0 {
+				// With --upload=close a close is waiting for this
+				// generation: it cannot wait for the other writers too.
+				if wait := c.o.WritebackMaxWait - time.Since(r.Since); wait > 0 && !c.o.UploadOnClose {
 					// Uploaded when the writer closes, or from a
 					// snapshot once it has been open too long.
 					return wait, nil
 				}
-				// Held open too long: upload what is there now.
+				// Held open too long, or a close waits: upload what is
+				// there now.
 				snap, err := u.snapshot(path)
 				if err != nil {
 					return 0, err
@@ -563,6 +566,7 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 				return err
 			}
 			cur.Uploaded = true
+			cur.UploadedGen = max(cur.UploadedGen, r.Gen)
 			cur.Since = time.Now()
 			return putRecord(txn, key, cur)
 		})
@@ -679,6 +683,7 @@ func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
 		}
 		if cur.Gen != r.Gen {
 			cur.Uploaded = true
+			cur.UploadedGen = max(cur.UploadedGen, r.Gen)
 			if clean != nil && clean.ETag != "" && cur.Op == OpPut && cur.DataID == r.DataID {
 				// Later changes build on the version just uploaded.
 				cur.BaseETag, cur.Excl = clean.ETag, false
