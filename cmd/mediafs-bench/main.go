@@ -214,6 +214,7 @@ func main() {
 		switch t.name {
 		case "mediafs":
 			info.mediafsPassthrough = passthroughLine(t, "passthrough")
+			info.mediafsFeed = feedLine(t)
 		case "loopback":
 			info.loopbackPassthrough = passthroughLine(t, "loopback:")
 		}
@@ -240,6 +241,21 @@ func passthroughLine(t *target, s string) string {
 	default:
 		return "off (`" + trimLog(line) + "`)"
 	}
+}
+
+// feedLine says whether the daemon's change feed was live (other mounts'
+// changes pushed) or it polled listings, from its log.
+func feedLine(t *target) string {
+	if t.na != "" {
+		return "n/a"
+	}
+	if line := t.grepLogs("change feed live"); line != "" {
+		return "on (`" + trimLog(line) + "`)"
+	}
+	if line := t.grepLogs("change feed"); line != "" {
+		return "off, TTL polling (`" + trimLog(line) + "`)"
+	}
+	return "off, TTL polling (no change feed in this build)"
 }
 
 func trimLog(s string) string {

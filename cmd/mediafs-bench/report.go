@@ -136,6 +136,7 @@ func (b *bench) report(info *machine, targets []*target, raws map[int]*target, w
 	fmt.Fprintf(&w, "- kernel %s, %d cores (%s), %s RAM\n", info.kernel, runtime.NumCPU(), info.cpu, info.mem)
 	fmt.Fprintf(&w, "- load average at start %s, at end %s (the machine is shared: figures are noisy)\n", info.loadStart, info.loadEnd)
 	fmt.Fprintf(&w, "- mediafs passthrough: %s\n", info.mediafsPassthrough)
+	fmt.Fprintf(&w, "- mediafs change feed: %s\n", info.mediafsFeed)
 	fmt.Fprintf(&w, "- loopback passthrough: %s\n", info.loopbackPassthrough)
 	fmt.Fprintf(&w, "- %s; %s; %s; %s; %s\n", info.mediafs, info.minio, info.rclone, info.s3fs, runtime.Version())
 	fmt.Fprintf(&w, "- mediafs flags: `--writeback-delay %v%s`; rclone: `--vfs-cache-mode full --vfs-write-back %v`, defaults otherwise; s3fs: defaults (`use_path_request_style`)\n",
@@ -271,6 +272,7 @@ type machine struct {
 	loadStart, loadEnd                      string
 	mediafs, minio, rclone, s3fs            string
 	mediafsPassthrough, loopbackPassthrough string
+	mediafsFeed                             string
 }
 
 func machineInfo(minioBin, mediafsBin string) *machine {
