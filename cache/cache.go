@@ -76,6 +76,7 @@ type Cache struct {
 	// recentSwept is when each dir's recent changes were last swept.
 	recentSwept map[string]time.Time
 	spares      *spares
+	recs        *recIndex
 	// evicting holds the data files eviction is removing (see pinData).
 	evicting map[uint64]bool
 	// dirMetas caches directory marker attributes (see dirAttr).
@@ -176,6 +177,12 @@ func Open(o Options) (*Cache, error) {
 		c.seq.Release()
 		db.Close()
 		return nil, err
+	}
+	c.recs = newRecIndex()
+	if err := c.recs.load(db); err != nil {
+		c.seq.Release()
+		db.Close()
+		return nil, fmt.Errorf("reading the journal: %w", err)
 	}
 	c.lru = newLRU(c)
 	if err := c.lru.load(); err != nil {
@@ -359,7 +366,15 @@ func (c *Cache) newDataID() (uint64, error) {
 // concurrent transactions on the same keys.
 func (c *Cache) update(fn func(txn *badger.Txn) error) error {
 	for i := 0; ; i++ {
-		err := c.db.Update(fn)
+		var ms []*txnMarks
+		err := c.db.Update(func(txn *badger.Txn) error {
+			m := &txnMarks{idx: c.recs}
+			ms = append(ms, m)
+			txnHooks.Store(txn, m)
+			defer txnHooks.Delete(txn)
+			return fn(txn)
+		})
+		c.recs.end(c.db, ms)
 		if errors.Is(err, badger.ErrConflict) && i < 100 {
 			continue
 		}
@@ -368,6 +383,14 @@ func (c *Cache) update(fn func(txn *badger.Txn) error) error {
 }
 
 func (c *Cache) record(key string) (Record, bool, error) {
+	if !c.recs.has(key) {
+		return Record{}, false, nil
+	}
+	return c.recordFromDB(key)
+}
+
+// recordFromDB is record without the index.
+func (c *Cache) recordFromDB(key string) (Record, bool, error) {
 	var r Record
 	var ok bool
 	err := c.db.View(func(txn *badger.Txn) error {

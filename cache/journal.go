@@ -163,11 +163,18 @@ func getRecord(txn *badger.Txn, key string) (Record, bool, error) {
 }
 
 func putRecord(txn *badger.Txn, key string, r Record) error {
+	markTxn(txn, key, false)
 	r.V = recordVersion
 	if r.Since.IsZero() {
 		r.Since = time.Now()
 	}
 	return txn.Set(jKey(key), encode(r))
+}
+
+// deleteRecord removes j/key inside txn.
+func deleteRecord(txn *badger.Txn, key string) error {
+	markTxn(txn, key, true)
+	return txn.Delete(jKey(key))
 }
 
 func getClean(txn *badger.Txn, key string) (Clean, bool, error) {

@@ -164,7 +164,7 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 			}
 			if old.Op == OpPut && !old.inBucket(key) {
 				// Never reached the bucket: nothing to delete.
-				return txn.Delete(jKey(key))
+				return deleteRecord(txn, key)
 			}
 		}
 		if cl, ok, err := getClean(txn, key); err != nil {
@@ -518,7 +518,7 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 			return err
 		}
 		if !rOld.inBucket(oldKey) {
-			return txn.Delete(jKey(oldKey))
+			return deleteRecord(txn, oldKey)
 		}
 		return setOld(Record{Op: OpDelete, After: rOld.After})
 	case okOld && rOld.Op == OpCopy:
@@ -545,7 +545,7 @@ func (c *Cache) renameKeyTxn(txn *badger.Txn, oldKey, newKey string, remote *Ent
 		if rOld.InBucket || rOld.Sent {
 			return setOld(Record{Op: OpDelete, After: rOld.After}) // it replaced an object there, or may have made one
 		}
-		return txn.Delete(jKey(oldKey))
+		return deleteRecord(txn, oldKey)
 	default:
 		if remote == nil || remote.Key == "" {
 			return ErrNotExist

@@ -493,22 +493,25 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 	}
 	var rec, dirRec Record
 	var hasRec, hasDirRec, pendingBelow bool
-	err := c.db.View(func(txn *badger.Txn) error {
-		var err error
-		if rec, hasRec, err = getRecord(txn, key); err != nil {
-			return err
-		}
-		if dirRec, hasDirRec, err = getRecord(txn, key+"/"); err != nil {
-			return err
-		}
-		return scanRecords(txn, key+"/", func(_ string, r Record) error {
-			if r.Op != OpDelete {
-				pendingBelow = true
-				return errStop
+	var err error
+	if !c.recs.quiet(key) {
+		err = c.db.View(func(txn *badger.Txn) error {
+			var err error
+			if rec, hasRec, err = getRecord(txn, key); err != nil {
+				return err
 			}
-			return nil
+			if dirRec, hasDirRec, err = getRecord(txn, key+"/"); err != nil {
+				return err
+			}
+			return scanRecords(txn, key+"/", func(_ string, r Record) error {
+				if r.Op != OpDelete {
+					pendingBelow = true
+					return errStop
+				}
+				return nil
+			})
 		})
-	})
+	}
 	if err != nil && !errors.Is(err, errStop) {
 		return Entry{}, err
 	}

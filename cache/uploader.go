@@ -381,10 +381,10 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 			return 0, err
 		}
 		c.stats.Deletes.Add(1)
-		done, err := u.finish(key, r, nil)
-		if done {
-			c.noteRemote(key, nil)
-		}
+		// Noted before the record goes, so a lookup between the two
+		// finds one or the other (see upload below).
+		c.noteRemote(key, nil)
+		_, err = u.finish(key, r, nil)
 		return 0, err
 	}
 	return 0, fmt.Errorf("journal %s: unknown op %q", key, r.Op)
@@ -573,11 +573,14 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 		u.dropIfVanished(key)
 		return c.o.WritebackMaxWait, nil
 	}
+	// The new version is noted before its record goes: a lookup reads
+	// the journal, then the listing and this mount's notes, and must find
+	// the file in one of them (a later record, if the file changed again
+	// meanwhile, still wins over the note).
 	e := Entry{Key: key, Name: baseName(key), Dir: IsDirKey(key), Size: size, Attr: a, ETag: obj.ETag, Symlink: r.Symlink}
+	c.noteRemote(key, &e)
 	done, err := u.finish(key, r, &Clean{V: recordVersion, DataID: r.DataID, ETag: obj.ETag, Size: size, Attr: &a})
-	if done {
-		c.noteRemote(key, &e)
-	} else if err == nil {
+	if !done && err == nil {
 		u.dropIfVanished(key)
 	}
 	return 0, err
@@ -691,7 +694,7 @@ func (u *uploader) finish(key string, r Record, clean *Clean) (bool, error) {
 			return putRecord(txn, key, cur)
 		}
 		done = true
-		if err := txn.Delete(jKey(key)); err != nil {
+		if err := deleteRecord(txn, key); err != nil {
 			return err
 		}
 		if clean != nil && clean.DataID != 0 {
