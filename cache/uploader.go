@@ -639,17 +639,17 @@ func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duratio
 	// rename or unlink of it would leave the copy behind. Before finish,
 	// so a close in between journals on this base.
 	c.rebaseOpen(key, obj.ETag)
+	// Like an upload, the copy is noted as this mount's own change, before
+	// its record goes (see put): otherwise an earlier upload's note (with
+	// the old attributes) would override the listing and undo a chmod for
+	// a while.
+	e := Entry{Key: key, Name: baseName(key), Dir: IsDirKey(key), Size: r.SrcSize, Attr: r.Attr, ETag: obj.ETag, Symlink: r.Symlink}
+	c.noteRemote(key, &e)
 	done, err := u.finish(key, r, nil)
 	if !done && err == nil {
 		u.dropIfVanished(key)
 	}
 	if done {
-		// Like an upload, the copy is noted as this mount's own change:
-		// otherwise an earlier upload's note (with the old attributes)
-		// would override the listing and undo a chmod for a while.
-		e := Entry{Key: key, Name: baseName(key), Size: r.SrcSize, Attr: r.Attr, ETag: obj.ETag, Symlink: r.Symlink}
-		c.noteRemote(key, &e)
-		c.InvalidateDir(parentDir(key))
 		if r.Src != key {
 			u.enqueue(r.Src, 0) // its delete was waiting for this copy
 		}
