@@ -76,6 +76,7 @@ type Cache struct {
 	// recentSwept is when each dir's recent changes were last swept.
 	recentSwept map[string]time.Time
 	spares      *spares
+	trash       *remover
 	recs        *recIndex
 	// evicting holds the data files eviction is removing (see pinData).
 	evicting map[uint64]bool
@@ -190,9 +191,11 @@ func Open(o Options) (*Cache, error) {
 		db.Close()
 		return nil, err
 	}
+	c.trash = newRemover(c)
 	c.up = newUploader(c)
 	n, bytes, err := c.up.replay()
 	if err != nil {
+		c.trash.stop()
 		c.seq.Release()
 		db.Close()
 		return nil, err
@@ -228,6 +231,7 @@ func (c *Cache) Close() error {
 		it.mu.Unlock()
 	}
 	c.mu.Unlock()
+	c.trash.stop()
 	c.seq.Release()
 	err := c.db.Close()
 	if err == nil {
@@ -427,9 +431,7 @@ func (c *Cache) dropData(id uint64) {
 	}
 	c.mu.Unlock()
 	c.lru.forget(id)
-	if err := os.Remove(c.dataPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		c.log.Warn("removing cache file", "err", err)
-	}
+	c.trash.drop(c.dataPath(id))
 }
 
 // logSkipped logs a key that cannot be a path, once per key.

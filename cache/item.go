@@ -444,7 +444,7 @@ func (c *Cache) unref(it *Item) {
 	}
 	if it.dropOnClose.Load() || it.removed {
 		c.lru.forget(it.id.Load())
-		os.Remove(c.dataPath(it.id.Load()))
+		c.trash.drop(c.dataPath(it.id.Load()))
 	}
 }
 

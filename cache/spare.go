@@ -1,15 +1,18 @@
 package cache
 
-// Spare data files. A create needs a new data file, and creating a file
+// Spare data files, and data files removed in the background. A create needs a new data file, and creating a file
 // means an inode allocation in the cache directory: tens of microseconds
 // on an idle disk, often several hundred on a busy one (ext4 searching its
 // inode bitmaps past recently deleted inodes). That is most of a CREATE's
 // latency, and nothing about it depends on the create: a few empty files
 // are made ahead of time by a background goroutine and handed out in
-// order. Spares are unreferenced by the journal, so the start-up sweep of
+// order. Removing a file (an unlink, a replaced version) costs as much,
+// so dropped data files are removed by another goroutine. Spares and
+// dropped files are unreferenced by the journal, so the start-up sweep of
 // unreferenced data files (lru.go) removes any a crash leaves behind.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -114,4 +117,59 @@ func (c *Cache) createDataFile() (spareFile, error) {
 		return spareFile{}, fmt.Errorf("cache file: %w", err)
 	}
 	return spareFile{id: id, f: f}, nil
+}
+
+// removeQueue bounds the dropped data files waiting for removal; past it,
+// the dropping call removes its file itself.
+const removeQueue = 4096
+
+// remover removes dropped data files in the background.
+type remover struct {
+	c      *Cache
+	ch     chan string
+	done   chan struct{}
+	mu     sync.Mutex
+	closed bool
+}
+
+func newRemover(c *Cache) *remover {
+	r := &remover{c: c, ch: make(chan string, removeQueue), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for p := range r.ch {
+			r.remove(p)
+		}
+	}()
+	return r
+}
+
+func (r *remover) remove(path string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		r.c.log.Warn("removing cache file", "err", err)
+	}
+}
+
+// drop queues path for removal (or removes it now when the queue is full).
+func (r *remover) drop(path string) {
+	r.mu.Lock()
+	if !r.closed {
+		select {
+		case r.ch <- path:
+			r.mu.Unlock()
+			return
+		default:
+		}
+	}
+	r.mu.Unlock()
+	r.remove(path)
+}
+
+// stop removes what is queued and ends the goroutine; later drops remove
+// their file at once.
+func (r *remover) stop() {
+	r.mu.Lock()
+	r.closed = true
+	close(r.ch)
+	r.mu.Unlock()
+	<-r.done
 }
