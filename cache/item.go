@@ -644,13 +644,14 @@ func (h *Handle) Release() {
 	it := h.it
 	it.mu.Lock()
 	key := it.key
+	claimed := it.excl && it.base != ""
 	if h.cachedIO {
 		it.cachedIO--
 	}
 	it.mu.Unlock()
 	h.c.unref(it)
 	if h.write {
-		h.c.up.writerClosed(key)
+		h.c.up.writerClosed(key, claimed)
 	}
 }
 

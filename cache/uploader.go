@@ -141,17 +141,17 @@ func (u *uploader) kick() {
 }
 
 // writerClosed: the last writer of key went away; upload it when due.
-func (u *uploader) writerClosed(key string) {
-	if key == "" {
-		return
+// claimed says the file is the data of an O_EXCL claim, which other
+// machines see empty until it is uploaded: no write-back delay then.
+func (u *uploader) writerClosed(key string, claimed bool) {
+	if key == "" || !u.c.recs.has(key) {
+		return // unchanged (nothing journaled)
 	}
-	if r, ok, _ := u.c.record(key); ok {
-		delay := u.c.o.WritebackDelay
-		if r.Excl && r.BaseETag != "" {
-			delay = 0
-		}
-		u.enqueue(key, delay)
+	delay := u.c.o.WritebackDelay
+	if claimed {
+		delay = 0
 	}
+	u.enqueue(key, delay)
 }
 
 // next blocks until a key is due and free, and claims it.
