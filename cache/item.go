@@ -196,6 +196,9 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 // reading) a sparse file the block cache fills.
 func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error {
 	key := it.key
+	if fl.Create {
+		return c.newData(it, fl.Attr, "", true)
+	}
 	var rec Record
 	var hasRec bool
 	var cl Clean
@@ -212,8 +215,6 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 		return err
 	}
 	switch {
-	case fl.Create:
-		return c.newData(it, fl.Attr, "", true)
 	case hasRec && rec.Op == OpPut && rec.DataID != 0:
 		f, err := os.OpenFile(c.dataPath(rec.DataID), os.O_RDWR, 0)
 		if err != nil {
