@@ -34,6 +34,9 @@ type recIndex struct {
 type recMark struct {
 	epoch    uint64
 	inflight int
+	// maybeGone: a transaction deleted the record; checked once none
+	// is in flight.
+	maybeGone bool
 }
 
 func newRecIndex() *recIndex {
@@ -41,11 +44,10 @@ func newRecIndex() *recIndex {
 }
 
 // txnMarks lists the keys a write transaction marked, so they are
-// released when it ends; deleted lists those whose record it deleted.
+// released when it ends.
 type txnMarks struct {
-	idx     *recIndex
-	marked  []string
-	deleted []string
+	idx    *recIndex
+	marked []string
 }
 
 // txnHooks maps a running write transaction (of Cache.update) to its marks.
@@ -60,14 +62,11 @@ func markTxn(txn *badger.Txn, key string, deleted bool) {
 		return
 	}
 	m := v.(*txnMarks)
-	m.idx.mark(key)
+	m.idx.mark(key, deleted)
 	m.marked = append(m.marked, key)
-	if deleted {
-		m.deleted = append(m.deleted, key)
-	}
 }
 
-func (x *recIndex) mark(key string) {
+func (x *recIndex) mark(key string, deleted bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	m := x.keys[key]
@@ -78,6 +77,9 @@ func (x *recIndex) mark(key string) {
 	}
 	m.epoch++
 	m.inflight++
+	if deleted {
+		m.maybeGone = true
+	}
 }
 
 func (x *recIndex) addBelow(key string, d int) {
@@ -116,22 +118,23 @@ func (x *recIndex) quiet(key string) bool {
 }
 
 // end releases the marks of a transaction that ended (committed or not)
-// and drops the keys it deleted once Badger confirms they are gone.
+// and drops the keys whose record some transaction deleted, once none is
+// in flight and Badger confirms the record is gone.
 func (x *recIndex) end(db *badger.DB, ms []*txnMarks) {
-	var gone []string
+	var check []string
 	x.mu.Lock()
 	for _, m := range ms {
 		for _, k := range m.marked {
 			if km := x.keys[k]; km != nil {
 				km.inflight--
+				if km.inflight == 0 && km.maybeGone {
+					check = append(check, k)
+				}
 			}
 		}
 	}
 	x.mu.Unlock()
-	for _, m := range ms {
-		gone = append(gone, m.deleted...)
-	}
-	for _, k := range gone {
+	for _, k := range check {
 		x.forgetIfGone(db, k)
 	}
 }
@@ -153,15 +156,21 @@ func (x *recIndex) forgetIfGone(db *badger.DB, key string) {
 			return nil
 		}
 		return err
-	}); err != nil || exists {
+	}); err != nil {
 		return
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if m := x.keys[key]; m != nil && m.epoch == epoch && m.inflight == 0 {
-		delete(x.keys, key)
-		x.addBelow(key, -1)
+	m = x.keys[key]
+	if m == nil || m.epoch != epoch || m.inflight > 0 {
+		return // written again meanwhile: that write's end looks again
 	}
+	if exists {
+		m.maybeGone = false // a later write put it back
+		return
+	}
+	delete(x.keys, key)
+	x.addBelow(key, -1)
 }
 
 // load fills the index from the journal at start-up, before any writer.
