@@ -1,0 +1,519 @@
+package cache
+
+// The change feed: other machines' (and other tools') creations and
+// removals, pushed by the object store (backend.Watcher), applied to this
+// mount's view of the bucket at once instead of waiting out DirTTL.
+//
+// Each change is noted like one of this mount's own completed changes
+// (noteRemote): it overrides any listing fetched before it. A new key's
+// missing ancestors, and a removed key's possibly vanished directory, make
+// the parent listings concerned refetch. Then the hook the fs layer
+// registers tells the kernel to forget the names and, for a new version,
+// the cached pages.
+//
+// While the feed is live, listings are trusted for FeedDirTTL instead of
+// DirTTL: a safety net, since MinIO drops events for a listener that
+// falls behind, without a word. Whenever the feed becomes live (first
+// connection, reconnection after a drop) every cached listing is dropped:
+// the changes made in the gap were never seen. While it is down, DirTTL
+// polling is as without a feed.
+//
+// This mount's own uploads, copies and deletes come back through the feed
+// too. They are recognised (the store is wrapped to remember them: the
+// upload tag of a PUT, the ETag of a copy, the key of a delete) and
+// skipped, so they do not drop the kernel's pages of a file just written.
+//
+// Events are queued by the watcher's goroutine and applied by another, so
+// a slow kernel notification never holds up reading the stream (falling
+// behind is what makes MinIO drop events). A queue that overflows is
+// treated as a gap.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mediafs/mediafs/backend"
+)
+
+// FeedMode chooses how other machines' changes are learnt of.
+type FeedMode string
+
+const (
+	// FeedAuto follows the store's change feed when the server offers one
+	// and polls listings (DirTTL) otherwise.
+	FeedAuto FeedMode = "auto"
+	// FeedListen requires the change feed: StartFeed fails if the server
+	// refuses it or does not stream.
+	FeedListen FeedMode = "listen"
+	// FeedOff polls listings only.
+	FeedOff FeedMode = "off"
+)
+
+const (
+	// feedQueueMax bounds the changes waiting to be applied; past it they
+	// are dropped and every listing with them.
+	feedQueueMax = 100000
+	// ownOpTTL is how long one of this mount's changes waits for its
+	// event before it is forgotten.
+	ownOpTTL = time.Minute
+	// feedStartTimeout bounds StartFeed's wait for a live stream in
+	// FeedListen mode.
+	feedStartTimeout = 20 * time.Second
+)
+
+// Changed is a change another machine (or tool) made, as the kernel must
+// learn of it.
+type Changed struct {
+	// Key is a file key, or a directory key (ending in "/").
+	Key string
+	// Removed is set for a delete.
+	Removed bool
+	// ETag is the new version of a file created or overwritten.
+	ETag string
+}
+
+// FeedStatus is the feed's state for status and metrics.
+type FeedStatus struct {
+	// State is "off", "connecting", "live", "down" or "unsupported".
+	State string
+	// Live reports whether listings are trusted for FeedDirTTL now.
+	Live bool
+	// Applied counts changes of others applied; Own counts this mount's
+	// own changes seen and skipped; Gaps counts (re)connections and
+	// overflows after which every listing was dropped.
+	Applied, Own, Gaps int64
+}
+
+// feed follows the store's change feed for one Cache.
+type feed struct {
+	c *Cache
+	w backend.Watcher
+
+	live    atomic.Bool
+	state   atomic.Value // string
+	applied atomic.Int64
+	own     atomic.Int64
+	gaps    atomic.Int64
+	hook    atomic.Pointer[func([]Changed)]
+
+	mu       sync.Mutex
+	queue    []backend.FeedEvent
+	queued   int // changes in queue
+	overflow bool
+	wake     chan struct{}
+
+	ownMu  sync.Mutex
+	ownOps map[string][]*ownOp
+	ownAdd int
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	first  chan error // StartFeed's wait: nil once live, or why not
+}
+
+// ownOp is a change this mount makes in the bucket, awaiting its event.
+type ownOp struct {
+	at      time.Time
+	removed bool
+	copy    bool
+	tag     string // the upload tag of a PUT
+	etag    string // the resulting ETag, once known
+	done    bool   // the call returned
+}
+
+// newFeed returns the feed for st, or nil when there is none to follow.
+func newFeed(c *Cache, st backend.Store) *feed {
+	if c.o.ChangeFeed == FeedOff {
+		return nil
+	}
+	w, ok := st.(backend.Watcher)
+	if !ok {
+		return nil
+	}
+	f := &feed{c: c, w: w, wake: make(chan struct{}, 1), ownOps: map[string][]*ownOp{},
+		first: make(chan error, 1)}
+	f.state.Store("connecting")
+	return f
+}
+
+// dirTTL is how long a listing is trusted now.
+func (c *Cache) dirTTL() time.Duration {
+	if c.feed != nil && c.feed.live.Load() {
+		return c.o.FeedDirTTL
+	}
+	return c.o.DirTTL
+}
+
+// maxDirTTL is the longest a listing may be trusted, ever.
+func (c *Cache) maxDirTTL() time.Duration {
+	if c.feed != nil {
+		return max(c.o.DirTTL, c.o.FeedDirTTL)
+	}
+	return c.o.DirTTL
+}
+
+// SetChangeHook registers fn to be told of other machines' changes once
+// they are applied (the fs layer tells the kernel). fn runs on the feed's
+// goroutine, never under a cache lock; it may block, but holds up the
+// next changes while it does.
+func (c *Cache) SetChangeHook(fn func([]Changed)) {
+	if c.feed != nil {
+		c.feed.hook.Store(&fn)
+	}
+}
+
+// FeedStatus reports the change feed's state.
+func (c *Cache) FeedStatus() FeedStatus {
+	f := c.feed
+	if f == nil {
+		return FeedStatus{State: "off"}
+	}
+	return FeedStatus{State: f.state.Load().(string), Live: f.live.Load(),
+		Applied: f.applied.Load(), Own: f.own.Load(), Gaps: f.gaps.Load()}
+}
+
+// StartFeed starts following the change feed, if there is one. In
+// FeedListen mode it waits until the feed is live and fails if the server
+// refuses it or ctx ends first; in FeedAuto mode it returns at once and a
+// refusal means polling. Close stops the feed.
+func (c *Cache) StartFeed(ctx context.Context) error {
+	f := c.feed
+	if f == nil {
+		if c.o.ChangeFeed == FeedListen {
+			return errors.New("change feed required (listen) but the store has none")
+		}
+		return nil
+	}
+	fctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.wg.Add(2)
+	go f.watch(fctx)
+	go f.apply(fctx)
+	if c.o.ChangeFeed != FeedListen {
+		return nil
+	}
+	wctx, wcancel := context.WithTimeout(ctx, feedStartTimeout)
+	defer wcancel()
+	select {
+	case err := <-f.first:
+		return err
+	case <-wctx.Done():
+		return errors.New("change feed required (listen) but the server sent nothing within " +
+			feedStartTimeout.String() + " (a MinIO without the stream flush fix buffers its events)")
+	}
+}
+
+func (f *feed) stop() {
+	if f == nil || f.cancel == nil {
+		return
+	}
+	f.cancel()
+	f.wg.Wait()
+}
+
+// watch runs the store's Watch until ctx ends or the server refuses.
+func (f *feed) watch(ctx context.Context) {
+	defer f.wg.Done()
+	err := f.w.Watch(ctx, f.enqueue)
+	if ctx.Err() != nil {
+		return
+	}
+	f.live.Store(false)
+	f.state.Store("unsupported")
+	f.report(err)
+	if f.c.o.ChangeFeed == FeedListen {
+		f.c.log.Error("change feed refused by the server; other machines' changes show up only by polling listings", "ttl", f.c.o.DirTTL, "err", err)
+	} else {
+		f.c.log.Info("the object store offers no change feed; other machines' changes show up by polling listings", "ttl", f.c.o.DirTTL, "reason", err)
+	}
+}
+
+// report answers StartFeed's wait, the first time.
+func (f *feed) report(err error) {
+	select {
+	case f.first <- err:
+	default:
+	}
+}
+
+// enqueue is the Watcher's callback: it never blocks.
+func (f *feed) enqueue(ev backend.FeedEvent) {
+	f.mu.Lock()
+	if f.queued+len(ev.Changes) > feedQueueMax {
+		f.overflow = true
+		f.queue, f.queued = nil, 0
+	} else {
+		f.queue = append(f.queue, ev)
+		f.queued += len(ev.Changes)
+	}
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// apply applies queued events in order until ctx ends.
+func (f *feed) apply(ctx context.Context) {
+	defer f.wg.Done()
+	wasDown := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.wake:
+		}
+		f.mu.Lock()
+		q, overflow := f.queue, f.overflow
+		f.queue, f.queued, f.overflow = nil, 0, false
+		f.mu.Unlock()
+		if overflow {
+			f.gaps.Add(1)
+			f.c.log.Warn("change feed fell behind; dropped every cached listing", "queued", feedQueueMax)
+			f.c.dropListings()
+		}
+		var changed []Changed
+		for _, ev := range q {
+			switch {
+			case ev.Live:
+				// Dropped before trusting listings longer: a listing
+				// fetched during the gap may lack its changes.
+				f.c.dropListings()
+				f.gaps.Add(1)
+				f.live.Store(true)
+				f.state.Store("live")
+				f.report(nil)
+				f.c.log.Info("change feed live: other machines' changes show up at once", "reconnected", wasDown, "safety_ttl", f.c.o.FeedDirTTL)
+				wasDown = false
+			case ev.Down:
+				if f.live.Load() || !wasDown {
+					f.c.log.Warn("change feed down; polling listings until it is back", "ttl", f.c.o.DirTTL, "err", ev.Err)
+				}
+				f.live.Store(false)
+				f.state.Store("down")
+				wasDown = true
+			}
+			for _, ch := range ev.Changes {
+				if f.isOwn(ch) {
+					f.own.Add(1)
+					continue
+				}
+				if cd, ok := f.c.applyChange(ch); ok {
+					f.applied.Add(1)
+					changed = append(changed, cd...)
+				}
+			}
+		}
+		if len(changed) > 0 {
+			if h := f.hook.Load(); h != nil {
+				(*h)(changed)
+			}
+		}
+	}
+}
+
+// dropListings forgets every cached listing and directory attribute.
+func (c *Cache) dropListings() {
+	c.mu.Lock()
+	c.dirs = map[string]*dirListing{}
+	c.dirMetas = map[string]dirMeta{}
+	c.mu.Unlock()
+}
+
+// validKey reports whether every segment of key can be a path, as
+// fetchListing requires of what it lists.
+func validKey(key string) bool {
+	if len(key) > 1024 {
+		return false
+	}
+	for _, seg := range strings.Split(strings.TrimSuffix(key, "/"), "/") {
+		if validName(seg) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// applyChange applies another machine's change to the cached view and
+// returns what the kernel must forget.
+func (c *Cache) applyChange(ch backend.Change) ([]Changed, bool) {
+	key := ch.Object.Key
+	if key == "" || !validKey(key) {
+		return nil, false
+	}
+	out := []Changed{{Key: key, Removed: ch.Removed, ETag: ch.Object.ETag}}
+	pd := parentDir(key)
+	switch {
+	case ch.Removed && IsDirKey(key):
+		// A marker removed: the directory may live on implied by what
+		// is below it, so it is not noted as gone; its attributes are
+		// forgotten and its parent's listing refetched.
+		c.mu.Lock()
+		delete(c.dirMetas, key)
+		if l := c.dirs[key]; l != nil && isDone(l) {
+			l.self = nil
+		}
+		delete(c.dirs, pd)
+		c.mu.Unlock()
+	case ch.Removed:
+		c.noteRemote(key, nil)
+		if pd != "" {
+			// The directory may have gone with its last file.
+			c.InvalidateDir(parentDir(pd))
+			out = append(out, Changed{Key: pd, Removed: true})
+		}
+	default:
+		e := entryFromObject(ch.Object, c.o.Defaults)
+		c.noteRemote(key, &e)
+		// Ancestors new to a cached listing: refetch it.
+		for d := pd; d != ""; d = parentDir(d) {
+			p := parentDir(d)
+			c.mu.Lock()
+			l := c.dirs[p]
+			missing := false
+			if l != nil && isDone(l) && l.err == nil {
+				if old, ok := l.entries[baseName(d)]; !ok || !old.Dir {
+					missing = true
+				}
+			}
+			if missing {
+				delete(c.dirs, p)
+			}
+			c.mu.Unlock()
+			if !missing {
+				break
+			}
+			out = append(out, Changed{Key: d})
+		}
+	}
+	return out, true
+}
+
+func isDone(l *dirListing) bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// store wraps st so the feed knows this mount's own changes.
+func (f *feed) store(st backend.Store) backend.Store { return &ownStore{Store: st, f: f} }
+
+// ownStore notes the changes this mount makes, for the feed to skip
+// their events.
+type ownStore struct {
+	backend.Store
+	f *feed
+}
+
+func (s *ownStore) Put(ctx context.Context, key string, r io.ReaderAt, size int64, opts backend.PutOptions) (backend.Object, error) {
+	op := s.f.expect(key, &ownOp{tag: opts.Metadata[metaUploadTag]})
+	o, err := s.Store.Put(ctx, key, r, size, opts)
+	s.f.settle(key, op, o.ETag, err)
+	return o, err
+}
+
+func (s *ownStore) Copy(ctx context.Context, src, dst string, srcSize int64, opts backend.PutOptions) (backend.Object, error) {
+	op := s.f.expect(dst, &ownOp{copy: true})
+	o, err := s.Store.Copy(ctx, src, dst, srcSize, opts)
+	s.f.settle(dst, op, o.ETag, err)
+	return o, err
+}
+
+func (s *ownStore) Delete(ctx context.Context, key string) error {
+	op := s.f.expect(key, &ownOp{removed: true})
+	err := s.Store.Delete(ctx, key)
+	s.f.settle(key, op, "", err)
+	return err
+}
+
+// expect notes a change about to be made. Before the call, since its
+// event may arrive before its answer.
+func (f *feed) expect(key string, op *ownOp) *ownOp {
+	now := time.Now()
+	op.at = now
+	f.ownMu.Lock()
+	defer f.ownMu.Unlock()
+	f.ownOps[key] = append(f.ownOps[key], op)
+	if f.ownAdd++; f.ownAdd >= 1024 {
+		f.ownAdd = 0
+		for k, ops := range f.ownOps {
+			ops = liveOps(ops, now)
+			if len(ops) == 0 {
+				delete(f.ownOps, k)
+			} else {
+				f.ownOps[k] = ops
+			}
+		}
+	}
+	return op
+}
+
+func liveOps(ops []*ownOp, now time.Time) []*ownOp {
+	out := ops[:0]
+	for _, o := range ops {
+		if now.Sub(o.at) < ownOpTTL {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// settle records a change's outcome: a refused one makes no event.
+func (f *feed) settle(key string, op *ownOp, etag string, err error) {
+	f.ownMu.Lock()
+	defer f.ownMu.Unlock()
+	op.done = true
+	op.etag = strings.Trim(etag, `"`)
+	if errors.Is(err, backend.ErrConflict) || errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrAccessDenied) {
+		f.forgetLocked(key, op)
+	}
+}
+
+func (f *feed) forgetLocked(key string, op *ownOp) {
+	ops := f.ownOps[key]
+	for i, o := range ops {
+		if o == op {
+			ops = append(ops[:i], ops[i+1:]...)
+			break
+		}
+	}
+	if len(ops) == 0 {
+		delete(f.ownOps, key)
+	} else {
+		f.ownOps[key] = ops
+	}
+}
+
+// isOwn reports whether ch is the event of one of this mount's changes,
+// and if so forgets that change.
+func (f *feed) isOwn(ch backend.Change) bool {
+	key := ch.Object.Key
+	f.ownMu.Lock()
+	defer f.ownMu.Unlock()
+	now := time.Now()
+	for _, op := range f.ownOps[key] {
+		if now.Sub(op.at) >= ownOpTTL || op.removed != ch.Removed {
+			continue
+		}
+		match := ch.Removed
+		if !ch.Removed {
+			tag := ch.Object.Metadata[metaUploadTag]
+			match = (op.tag != "" && tag == op.tag) ||
+				(op.etag != "" && op.etag == ch.Object.ETag) ||
+				(op.copy && !op.done && strings.Contains(ch.Event, "Copy"))
+		}
+		if match {
+			f.forgetLocked(key, op)
+			return true
+		}
+	}
+	return false
+}
