@@ -353,24 +353,29 @@ func (c *Cache) applyChange(ch backend.Change) ([]Changed, bool) {
 		// A marker removed: the directory may live on implied by what
 		// is below it, so it is not noted as gone; its attributes are
 		// forgotten and its parent's listing refetched.
+		// An earlier event's note that the directory exists goes too.
 		c.mu.Lock()
 		delete(c.dirMetas, key)
 		if l := c.dirs[key]; l != nil && isDone(l) {
 			l.self = nil
 		}
+		delete(c.recent[pd], key)
 		delete(c.dirs, pd)
 		c.mu.Unlock()
 	case ch.Removed:
 		c.noteRemote(key, nil)
-		if pd != "" {
-			// The directory may have gone with its last file.
-			c.InvalidateDir(parentDir(pd))
-			out = append(out, Changed{Key: pd, Removed: true})
+		// Each directory above may have gone with its last file, unless
+		// a cached listing shows it holds something else.
+		for d := pd; d != "" && !c.holdsOther(d); d = parentDir(d) {
+			c.InvalidateDir(parentDir(d))
+			out = append(out, Changed{Key: d, Removed: true})
 		}
 	default:
 		e := entryFromObject(ch.Object, c.o.Defaults)
 		c.noteRemote(key, &e)
-		// Ancestors new to a cached listing: refetch it.
+		// Ancestors new to a cached listing: refetch it. Every level, as
+		// a listing of an upper one may be cached while a lower one is
+		// not ("a/" listed, "a/b/c/d.jpg" new).
 		for d := pd; d != ""; d = parentDir(d) {
 			p := parentDir(d)
 			c.mu.Lock()
@@ -385,13 +390,37 @@ func (c *Cache) applyChange(ch backend.Change) ([]Changed, bool) {
 				delete(c.dirs, p)
 			}
 			c.mu.Unlock()
-			if !missing {
-				break
+			if missing {
+				out = append(out, Changed{Key: d})
 			}
-			out = append(out, Changed{Key: d})
 		}
 	}
 	return out, true
+}
+
+// holdsOther reports whether directory dirKey is known to exist still:
+// its cached listing, with the changes noted since, has an entry or its
+// marker.
+func (c *Cache) holdsOther(dirKey string) bool {
+	c.mu.Lock()
+	l := c.dirs[dirKey]
+	c.mu.Unlock()
+	if l == nil || !isDone(l) || l.err != nil {
+		return false
+	}
+	c.mu.Lock()
+	marker := l.self != nil
+	c.mu.Unlock()
+	if marker {
+		return true
+	}
+	entries := c.entriesOf(l)
+	m := make(map[string]Entry, len(entries))
+	for k, v := range entries {
+		m[k] = v
+	}
+	c.applyRecent(dirKey, l, m)
+	return len(m) > 0
 }
 
 func isDone(l *dirListing) bool {
