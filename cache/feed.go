@@ -262,10 +262,15 @@ func (f *feed) enqueue(ev backend.FeedEvent) {
 func (f *feed) apply(ctx context.Context) {
 	defer f.wg.Done()
 	wasDown := false
+	sweep := time.NewTicker(time.Minute)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-sweep.C:
+			f.c.sweepRecent()
+			continue
 		case <-f.wake:
 		}
 		f.mu.Lock()
@@ -315,6 +320,41 @@ func (f *feed) apply(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// sweepRecent forgets noted changes no cached listing could hide: the
+// directory's listings (the current one and the last good one kept for
+// outages) all started after the change, or there is none. With the feed,
+// changes all over the bucket are noted, not only this mount's, and most
+// directories never reach the size at which noteRemote sweeps them.
+func (c *Cache) sweepRecent() {
+	now := time.Now()
+	keep := 2*c.maxDirTTL() + 10*time.Second
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for pd, dir := range c.recent {
+		l := c.dirs[pd]
+		for k, r := range dir {
+			if now.Sub(r.at) > keep && newerThan(l, r.at) {
+				delete(dir, k)
+			}
+		}
+		if len(dir) == 0 {
+			delete(c.recent, pd)
+			delete(c.recentSwept, pd)
+		}
+	}
+}
+
+// newerThan reports whether every listing in the chain from l started
+// late enough to hold a change made at at (applyChange's rule).
+func newerThan(l *dirListing, at time.Time) bool {
+	for ; l != nil; l = l.prev {
+		if !l.started.After(at.Add(2 * time.Second)) {
+			return false
+		}
+	}
+	return true
 }
 
 // dropListings forgets every cached listing and directory attribute.
@@ -468,6 +508,9 @@ func (s *ownStore) Delete(ctx context.Context, key string) error {
 func (f *feed) expect(key string, op *ownOp) *ownOp {
 	now := time.Now()
 	op.at = now
+	if f.state.Load() == "unsupported" {
+		return op // no events will come to match
+	}
 	f.ownMu.Lock()
 	defer f.ownMu.Unlock()
 	f.ownOps[key] = append(f.ownOps[key], op)

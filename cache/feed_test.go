@@ -342,3 +342,30 @@ func TestFeedOffOrUnsupported(t *testing.T) {
 		t.Errorf("state with FeedOff = %q, want off", s.State)
 	}
 }
+
+// Noted changes are forgotten once no cached listing could hide them,
+// and kept while one could (an old listing served during an outage).
+func TestSweepRecentKeepsWhatAnOldListingWouldHide(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.c
+	e.c.List(ctxT(t), "old/") // a listing that started before the changes
+	long := time.Now().Add(-time.Hour)
+	c.mu.Lock()
+	c.recent["old/"] = map[string]recentChange{"old/f": {at: long}}
+	c.recent["gone/"] = map[string]recentChange{"gone/f": {at: long}}
+	c.recent["new/"] = map[string]recentChange{"new/f": {at: time.Now()}}
+	c.dirs["old/"].started = long.Add(-time.Second)
+	c.mu.Unlock()
+	c.sweepRecent()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.recent["old/"]["old/f"]; !ok {
+		t.Error("a change an old cached listing lacks was forgotten")
+	}
+	if _, ok := c.recent["gone/"]; ok {
+		t.Error("a change of a directory with no cached listing was kept")
+	}
+	if _, ok := c.recent["new/"]["new/f"]; !ok {
+		t.Error("a change made just now was forgotten")
+	}
+}
