@@ -31,6 +31,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -199,12 +200,16 @@ func (c *Cache) StartFeed(ctx context.Context) error {
 	}
 	wctx, wcancel := context.WithTimeout(ctx, feedStartTimeout)
 	defer wcancel()
+	const hint = " (a MinIO without the stream flush fix of scripts/install-minio.sh sends events late or never)"
 	select {
 	case err := <-f.first:
-		return err
+		if err != nil {
+			return fmt.Errorf("change feed required (listen) but not available: %w"+hint, err)
+		}
+		return nil
 	case <-wctx.Done():
 		return errors.New("change feed required (listen) but the server sent nothing within " +
-			feedStartTimeout.String() + " (a MinIO without the stream flush fix buffers its events)")
+			feedStartTimeout.String() + hint)
 	}
 }
 
@@ -245,8 +250,15 @@ func (f *feed) report(err error) {
 func (f *feed) enqueue(ev backend.FeedEvent) {
 	f.mu.Lock()
 	if f.queued+len(ev.Changes) > feedQueueMax {
+		// The changes go; the stream's state changes stay.
 		f.overflow = true
-		f.queue, f.queued = nil, 0
+		kept := f.queue[:0]
+		for _, q := range f.queue {
+			if len(q.Changes) == 0 {
+				kept = append(kept, q)
+			}
+		}
+		f.queue, f.queued = kept, 0
 	} else {
 		f.queue = append(f.queue, ev)
 		f.queued += len(ev.Changes)
@@ -296,6 +308,11 @@ func (f *feed) apply(ctx context.Context) {
 				f.c.log.Info("change feed live: other machines' changes show up at once", "reconnected", wasDown, "safety_ttl", f.c.o.FeedDirTTL)
 				wasDown = false
 			case ev.Down:
+				if err := ev.Err; err != nil {
+					f.report(err) // FeedListen: not available at the start
+				} else {
+					f.report(errors.New("stream down"))
+				}
 				if f.live.Load() || !wasDown {
 					f.c.log.Warn("change feed down; polling listings until it is back", "ttl", f.c.o.DirTTL, "err", ev.Err)
 				}

@@ -308,7 +308,9 @@ func TestFeedReconnectsAfterTheServerRestarts(t *testing.T) {
 // the other mount applies every one of them.
 func TestFeedSkipsTheMountsOwnChanges(t *testing.T) {
 	e := newEnv(t)
-	a, b := feedMounts(t, e)
+	addr := opsFreeAddr(t)
+	a := e.mount(t, "--change-feed", "listen", "--writeback-delay", "0s")
+	b := e.mount(t, "--change-feed", "listen", "--writeback-delay", "0s", "--metrics-addr", addr)
 	for i := 0; i < 5; i++ {
 		writeFile(t, a.path(fmt.Sprintf("own-%d.txt", i)), []byte(fmt.Sprint(i)))
 	}
@@ -331,6 +333,13 @@ func TestFeedSkipsTheMountsOwnChanges(t *testing.T) {
 	// 5 creates, a copy and its source's delete, a delete.
 	if sb.FeedChanges < 8 {
 		t.Errorf("mount B applied %d changes from the feed, want at least 8", sb.FeedChanges)
+	}
+	fams, _ := opsScrape(t, addr)
+	if v, ok := opsValue(fams, "mediafs_feed_connected"); !ok || v != 1 {
+		t.Errorf("mediafs_feed_connected = %v (found %v), want 1", v, ok)
+	}
+	if v, ok := opsValue(fams, "mediafs_feed_events_total"); !ok || int64(v) != sb.FeedChanges {
+		t.Errorf("mediafs_feed_events_total = %v (found %v), want %d as status says", v, ok, sb.FeedChanges)
 	}
 }
 
