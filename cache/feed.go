@@ -457,27 +457,36 @@ func (c *Cache) applyChange(ch backend.Change) ([]Changed, bool) {
 
 // holdsOther reports whether directory dirKey is known to exist still:
 // its cached listing, with the changes noted since, has an entry or its
-// marker.
+// marker. It stops at the first entry left (listing order is random, so
+// that is quick while a directory is being emptied one event at a time).
 func (c *Cache) holdsOther(dirKey string) bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	l := c.dirs[dirKey]
-	c.mu.Unlock()
 	if l == nil || !isDone(l) || l.err != nil {
 		return false
 	}
-	c.mu.Lock()
-	marker := l.self != nil
-	c.mu.Unlock()
-	if marker {
+	if l.self != nil {
 		return true
 	}
-	entries := c.entriesOf(l)
-	m := make(map[string]Entry, len(entries))
-	for k, v := range entries {
-		m[k] = v
+	rec := c.recent[dirKey]
+	noted := func(r recentChange) bool { return !l.started.After(r.at.Add(2 * time.Second)) }
+	for name, e := range l.entries {
+		k := dirKey + name
+		if e.Dir {
+			k += "/"
+		}
+		if r, ok := rec[k]; ok && r.entry == nil && noted(r) {
+			continue // removed since the listing
+		}
+		return true
 	}
-	c.applyRecent(dirKey, l, m)
-	return len(m) > 0
+	for _, r := range rec {
+		if r.entry != nil && noted(r) {
+			return true
+		}
+	}
+	return false
 }
 
 func isDone(l *dirListing) bool {

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -367,5 +368,34 @@ func TestSweepRecentKeepsWhatAnOldListingWouldHide(t *testing.T) {
 	}
 	if _, ok := c.recent["new/"]["new/f"]; !ok {
 		t.Error("a change made just now was forgotten")
+	}
+}
+
+// A directory of thousands emptied by another machine, one delete event
+// each, while its listing is cached: every event checks whether the
+// directory is gone, which must not cost a scan of the whole listing each
+// time.
+func TestFeedEmptyingABigDirectoryStaysFast(t *testing.T) {
+	fe := newFeedEnv(t)
+	const n = 5000
+	for i := 0; i < n; i++ {
+		fe.mem.Set(fmt.Sprintf("big/f%05d", i), []byte("x"), "", nil)
+	}
+	if got := fe.names("big/"); len(got) != n {
+		t.Fatalf("big/ has %d entries, want %d", len(got), n)
+	}
+	fe.names("")
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		fe.remoteDelete(fmt.Sprintf("big/f%05d", i))
+	}
+	waitFor(t, 60*time.Second, "all deletes applied", func() bool { return fe.c.FeedStatus().Applied >= n })
+	d := time.Since(start)
+	t.Logf("%d delete events applied in %v", n, d.Round(time.Millisecond))
+	if d > 20*time.Second {
+		t.Errorf("%d delete events took %v to apply", n, d)
+	}
+	if got := fe.names(""); len(got) != 0 {
+		t.Errorf("root after big/ was emptied = %v, want empty", got)
 	}
 }
