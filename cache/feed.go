@@ -13,10 +13,12 @@ package cache
 //
 // While the feed is live, listings are trusted for FeedDirTTL instead of
 // DirTTL: a safety net, since MinIO drops events for a listener that
-// falls behind, without a word. Whenever the feed becomes live (first
-// connection, reconnection after a drop) every cached listing is dropped:
-// the changes made in the gap were never seen. While it is down, DirTTL
-// polling is as without a feed.
+// falls behind, without a word. Only listings started after the feed last
+// became live (first connection, reconnection after a drop) are trusted
+// that long: older ones may lack the changes made in the gap, so they get
+// DirTTL and are refreshed (they are not dropped: an expired listing is
+// what the mount serves from during an outage). While the feed is down,
+// DirTTL polling is as without a feed.
 //
 // This mount's own uploads, copies and deletes come back through the feed
 // too. They are recognised (the store is wrapped to remember them: the
@@ -26,7 +28,7 @@ package cache
 // Events are queued by the watcher's goroutine and applied by another, so
 // a slow kernel notification never holds up reading the stream (falling
 // behind is what makes MinIO drop events). A queue that overflows is
-// treated as a gap.
+// treated as a gap, like a reconnection.
 
 import (
 	"context"
@@ -95,12 +97,15 @@ type feed struct {
 	c *Cache
 	w backend.Watcher
 
-	live    atomic.Bool
-	state   atomic.Value // string
-	applied atomic.Int64
-	own     atomic.Int64
-	gaps    atomic.Int64
-	hook    atomic.Pointer[func([]Changed)]
+	live atomic.Bool
+	// trustedSince is when the feed last became live or lost events
+	// (UnixNano): only listings started after it are trusted longer.
+	trustedSince atomic.Int64
+	state        atomic.Value // string
+	applied      atomic.Int64
+	own          atomic.Int64
+	gaps         atomic.Int64
+	hook         atomic.Pointer[func([]Changed)]
 
 	mu       sync.Mutex
 	queue    []backend.FeedEvent
@@ -142,9 +147,13 @@ func newFeed(c *Cache, st backend.Store) *feed {
 	return f
 }
 
-// dirTTL is how long a listing is trusted now.
-func (c *Cache) dirTTL() time.Duration {
-	if c.feed != nil && c.feed.live.Load() {
+// listingTTL is how long listing l is trusted: FeedDirTTL while the feed
+// is live, if l was started after the feed became live (an older one may
+// lack changes made in the gap, so it gets DirTTL and is refreshed, but
+// stays at hand for an outage as any expired listing does).
+func (c *Cache) listingTTL(l *dirListing) time.Duration {
+	f := c.feed
+	if f != nil && f.live.Load() && l.started.UnixNano() > f.trustedSince.Load() {
 		return c.o.FeedDirTTL
 	}
 	return c.o.DirTTL
@@ -291,16 +300,16 @@ func (f *feed) apply(ctx context.Context) {
 		f.mu.Unlock()
 		if overflow {
 			f.gaps.Add(1)
-			f.c.log.Warn("change feed fell behind; dropped every cached listing", "queued", feedQueueMax)
-			f.c.dropListings()
+			f.trustedSince.Store(time.Now().UnixNano())
+			f.c.log.Warn("change feed fell behind and lost changes; cached listings are refreshed", "queued", feedQueueMax)
 		}
 		var changed []Changed
 		for _, ev := range q {
 			switch {
 			case ev.Live:
-				// Dropped before trusting listings longer: a listing
-				// fetched during the gap may lack its changes.
-				f.c.dropListings()
+				// Before trusting listings longer: one fetched during
+				// the gap may lack its changes.
+				f.trustedSince.Store(time.Now().UnixNano())
 				f.gaps.Add(1)
 				f.live.Store(true)
 				f.state.Store("live")
@@ -372,14 +381,6 @@ func newerThan(l *dirListing, at time.Time) bool {
 		}
 	}
 	return true
-}
-
-// dropListings forgets every cached listing and directory attribute.
-func (c *Cache) dropListings() {
-	c.mu.Lock()
-	c.dirs = map[string]*dirListing{}
-	c.dirMetas = map[string]dirMeta{}
-	c.mu.Unlock()
 }
 
 // validKey reports whether every segment of key can be a path, as

@@ -83,14 +83,13 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 			return nil, fmt.Errorf("list %q: %w (the object store was unreachable moments ago)", dirKey, backend.ErrUnavailable)
 		}
 	}
-	ttl := c.dirTTL()
 	c.mu.Lock()
 	l := c.dirs[dirKey]
 	var prev *dirListing
 	if l != nil {
 		select {
 		case <-l.done:
-			age := time.Since(l.fetched)
+			age, ttl := time.Since(l.fetched), c.listingTTL(l)
 			if l.err == nil && age < ttl {
 				c.mu.Unlock()
 				return l, nil
