@@ -22,8 +22,9 @@ package cache
 //
 // This mount's own uploads, copies and deletes come back through the feed
 // too. They are recognised (the store is wrapped to remember them: the
-// upload tag of a PUT, the ETag of a copy, the key of a delete) and
-// skipped, so they do not drop the kernel's pages of a file just written.
+// upload tag of a PUT, the ETag of a copy, the key of a delete; see
+// feedown.go) and skipped, so they do not drop the kernel's pages of a
+// file just written.
 //
 // Events are queued by the watcher's goroutine and applied by another, so
 // a slow kernel notification never holds up reading the stream (falling
@@ -34,7 +35,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,16 +120,6 @@ type feed struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	first  chan error // StartFeed's wait: nil once live, or why not
-}
-
-// ownOp is a change this mount makes in the bucket, awaiting its event.
-type ownOp struct {
-	at      time.Time
-	removed bool
-	copy    bool
-	tag     string // the upload tag of a PUT
-	etag    string // the resulting ETag, once known
-	done    bool   // the call returned
 }
 
 // newFeed returns the feed for st, or nil when there is none to follow.
@@ -497,122 +487,4 @@ func isDone(l *dirListing) bool {
 	default:
 		return false
 	}
-}
-
-// store wraps st so the feed knows this mount's own changes.
-func (f *feed) store(st backend.Store) backend.Store { return &ownStore{Store: st, f: f} }
-
-// ownStore notes the changes this mount makes, for the feed to skip
-// their events.
-type ownStore struct {
-	backend.Store
-	f *feed
-}
-
-func (s *ownStore) Put(ctx context.Context, key string, r io.ReaderAt, size int64, opts backend.PutOptions) (backend.Object, error) {
-	op := s.f.expect(key, &ownOp{tag: opts.Metadata[metaUploadTag]})
-	o, err := s.Store.Put(ctx, key, r, size, opts)
-	s.f.settle(key, op, o.ETag, err)
-	return o, err
-}
-
-func (s *ownStore) Copy(ctx context.Context, src, dst string, srcSize int64, opts backend.PutOptions) (backend.Object, error) {
-	op := s.f.expect(dst, &ownOp{copy: true})
-	o, err := s.Store.Copy(ctx, src, dst, srcSize, opts)
-	s.f.settle(dst, op, o.ETag, err)
-	return o, err
-}
-
-func (s *ownStore) Delete(ctx context.Context, key string) error {
-	op := s.f.expect(key, &ownOp{removed: true})
-	err := s.Store.Delete(ctx, key)
-	s.f.settle(key, op, "", err)
-	return err
-}
-
-// expect notes a change about to be made. Before the call, since its
-// event may arrive before its answer.
-func (f *feed) expect(key string, op *ownOp) *ownOp {
-	now := time.Now()
-	op.at = now
-	if f.state.Load() == "unsupported" {
-		return op // no events will come to match
-	}
-	f.ownMu.Lock()
-	defer f.ownMu.Unlock()
-	f.ownOps[key] = append(f.ownOps[key], op)
-	if f.ownAdd++; f.ownAdd >= 1024 {
-		f.ownAdd = 0
-		for k, ops := range f.ownOps {
-			ops = liveOps(ops, now)
-			if len(ops) == 0 {
-				delete(f.ownOps, k)
-			} else {
-				f.ownOps[k] = ops
-			}
-		}
-	}
-	return op
-}
-
-func liveOps(ops []*ownOp, now time.Time) []*ownOp {
-	out := ops[:0]
-	for _, o := range ops {
-		if now.Sub(o.at) < ownOpTTL {
-			out = append(out, o)
-		}
-	}
-	return out
-}
-
-// settle records a change's outcome: a refused one makes no event.
-func (f *feed) settle(key string, op *ownOp, etag string, err error) {
-	f.ownMu.Lock()
-	defer f.ownMu.Unlock()
-	op.done = true
-	op.etag = strings.Trim(etag, `"`)
-	if errors.Is(err, backend.ErrConflict) || errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrAccessDenied) {
-		f.forgetLocked(key, op)
-	}
-}
-
-func (f *feed) forgetLocked(key string, op *ownOp) {
-	ops := f.ownOps[key]
-	for i, o := range ops {
-		if o == op {
-			ops = append(ops[:i], ops[i+1:]...)
-			break
-		}
-	}
-	if len(ops) == 0 {
-		delete(f.ownOps, key)
-	} else {
-		f.ownOps[key] = ops
-	}
-}
-
-// isOwn reports whether ch is the event of one of this mount's changes,
-// and if so forgets that change.
-func (f *feed) isOwn(ch backend.Change) bool {
-	key := ch.Object.Key
-	f.ownMu.Lock()
-	defer f.ownMu.Unlock()
-	now := time.Now()
-	for _, op := range f.ownOps[key] {
-		if now.Sub(op.at) >= ownOpTTL || op.removed != ch.Removed {
-			continue
-		}
-		match := ch.Removed
-		if !ch.Removed {
-			tag := ch.Object.Metadata[metaUploadTag]
-			match = (op.tag != "" && tag == op.tag) ||
-				(op.etag != "" && op.etag == ch.Object.ETag) ||
-				(op.copy && !op.done && strings.Contains(ch.Event, "Copy"))
-		}
-		if match {
-			f.forgetLocked(key, op)
-			return true
-		}
-	}
-	return false
 }
