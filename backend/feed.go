@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -108,6 +109,15 @@ func (s *S3) listen(ctx context.Context, on func(FeedEvent)) (live bool, err err
 
 	resp, err := s.feedHTTP.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which says nothing new
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return false, fmt.Errorf("listen on bucket %s: %w: no answer within %s (a server that buffers the stream, such as a MinIO without the flush fix, answers late or never)",
+				s.bucket, ErrUnavailable, feedHeaderTimeout)
+		}
 		return false, fmt.Errorf("listen on bucket %s: %w: %v", s.bucket, ErrUnavailable, err)
 	}
 	defer resp.Body.Close()

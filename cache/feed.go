@@ -199,16 +199,15 @@ func (c *Cache) StartFeed(ctx context.Context) error {
 	}
 	wctx, wcancel := context.WithTimeout(ctx, feedStartTimeout)
 	defer wcancel()
-	const hint = " (a MinIO without the stream flush fix of scripts/install-minio.sh sends events late or never)"
 	select {
 	case err := <-f.first:
 		if err != nil {
-			return fmt.Errorf("change feed required (listen) but not available: %w"+hint, err)
+			return fmt.Errorf("change feed required (listen) but not available: %w", err)
 		}
 		return nil
 	case <-wctx.Done():
 		return errors.New("change feed required (listen) but the server sent nothing within " +
-			feedStartTimeout.String() + hint)
+			feedStartTimeout.String() + " (a MinIO without the stream flush fix of scripts/install-minio.sh sends events late or never)")
 	}
 }
 
