@@ -51,6 +51,12 @@ type S3 struct {
 	timeout time.Duration
 	partSz  int64
 	partPar int
+
+	// For the change feed (feed.go), which signs its own requests.
+	endpoint *url.URL
+	region   string
+	creds    struct{ access, secret, token string }
+	feedHTTP *http.Client
 }
 
 var _ Store = (*S3)(nil)
@@ -105,8 +111,26 @@ func NewS3(o S3Options) (*S3, error) {
 	if p != "" && !strings.HasSuffix(p, "/") {
 		p += "/"
 	}
-	return &S3{c: c, bucket: o.Bucket, prefix: p, timeout: o.RequestTimeout,
-		partSz: o.PartSize, partPar: o.PartConcurrency}, nil
+	s := &S3{c: c, bucket: o.Bucket, prefix: p, timeout: o.RequestTimeout,
+		partSz: o.PartSize, partPar: o.PartConcurrency,
+		endpoint: &url.URL{Scheme: "https", Host: host}, region: o.Region}
+	if !secure {
+		s.endpoint.Scheme = "http"
+	}
+	if s.region == "" {
+		s.region = "us-east-1"
+	}
+	s.creds.access, s.creds.secret, s.creds.token = o.AccessKey, o.SecretKey, o.SessionToken
+	// The feed's one long request gets a transport of its own (same TLS
+	// settings and proxy), so it never holds a connection the main pool
+	// could use, and a header timeout of its own.
+	ftr, err := transport(o)
+	if err != nil {
+		return nil, err
+	}
+	ftr.ResponseHeaderTimeout = feedHeaderTimeout
+	s.feedHTTP = &http.Client{Transport: ftr}
+	return s, nil
 }
 
 func transport(o S3Options) (*http.Transport, error) {

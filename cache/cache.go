@@ -29,6 +29,12 @@ type Options struct {
 	Defaults Defaults
 	// DirTTL is how long a bucket listing is trusted.
 	DirTTL time.Duration
+	// ChangeFeed chooses whether to follow the store's change feed (see
+	// feed.go); "" means FeedAuto.
+	ChangeFeed FeedMode
+	// FeedDirTTL is how long a listing is trusted while the change feed
+	// is live.
+	FeedDirTTL time.Duration
 	// WritebackDelay is how long a closed file waits before its upload, so
 	// that rewrites coalesce.
 	WritebackDelay time.Duration
@@ -84,8 +90,9 @@ type Cache struct {
 	dirMetas map[string]dirMeta
 	started  time.Time
 
-	lru *lru
-	up  *uploader
+	lru  *lru
+	up   *uploader
+	feed *feed // nil without a change feed
 
 	// instance names this cache (random, kept in the journal database):
 	// upload tags carry it, since a host name alone does not tell two
@@ -117,6 +124,12 @@ func Open(o Options) (*Cache, error) {
 	if o.DirTTL <= 0 {
 		o.DirTTL = time.Second
 	}
+	if o.ChangeFeed == "" {
+		o.ChangeFeed = FeedAuto
+	}
+	if o.FeedDirTTL <= 0 {
+		o.FeedDirTTL = 30 * time.Second
+	}
 	if o.UploadConcurrency <= 0 {
 		o.UploadConcurrency = 16
 	}
@@ -142,6 +155,9 @@ func Open(o Options) (*Cache, error) {
 		dataDir: filepath.Join(o.Dir, "data"),
 		items:   map[string]*Item{}, dirs: map[string]*dirListing{}, recent: map[string]map[string]recentChange{}, recentSwept: map[string]time.Time{},
 		dirMetas: map[string]dirMeta{}, started: time.Now(), evicting: map[uint64]bool{}}
+	if c.feed = newFeed(c, o.Store); c.feed != nil {
+		c.st = c.feed.store(o.Store)
+	}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}
@@ -218,6 +234,7 @@ func (c *Cache) Drain(ctx context.Context) (left int, bytes int64) {
 // Close stops the workers and closes the journal. Pending work stays in
 // the journal for the next start.
 func (c *Cache) Close() error {
+	c.feed.stop()
 	c.up.stop()
 	c.spares.stop()
 	c.guard.stop()

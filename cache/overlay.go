@@ -89,12 +89,12 @@ func (c *Cache) listing(ctx context.Context, dirKey string) (*dirListing, error)
 	if l != nil {
 		select {
 		case <-l.done:
-			age := time.Since(l.fetched)
-			if l.err == nil && age < c.o.DirTTL {
+			age, ttl := time.Since(l.fetched), c.listingTTL(l)
+			if l.err == nil && age < ttl {
 				c.mu.Unlock()
 				return l, nil
 			}
-			if l.err == nil && age < 2*c.o.DirTTL && !c.backendDown() {
+			if l.err == nil && age < 2*ttl && !c.backendDown() {
 				// Just expired: answer from it while one refresh runs in
 				// the background, so a busy directory's lookups never all
 				// wait for a LIST. What is served is at most about one TTL
@@ -320,7 +320,7 @@ func (c *Cache) noteRemote(key string, e *Entry) {
 	if len(dir) > 1024 && now.Sub(c.recentSwept[pd]) > time.Second {
 		c.recentSwept[pd] = now
 		for k, r := range dir {
-			if now.Sub(r.at) > c.o.DirTTL+10*time.Second {
+			if now.Sub(r.at) > c.maxDirTTL()+10*time.Second {
 				delete(dir, k)
 			}
 		}

@@ -43,6 +43,7 @@ type FS struct {
 	log         *slog.Logger
 	passthrough atomic.Bool
 	server      *fuse.Server
+	root        *dirNode
 }
 
 // New returns the file system; Mount serves it.
@@ -90,7 +91,9 @@ func (f *FS) Mount(dir string) (*fuse.Server, error) {
 		return nil, err
 	}
 	f.server = srv
+	f.root = root
 	f.probePassthrough(srv)
+	f.c.SetChangeHook(f.notifyChanges)
 	return srv, nil
 }
 

@@ -5,7 +5,10 @@
 //
 // The server binary is found through MEDIAFS_MINIO_BIN, then `minio` on
 // PATH, then the cache that scripts/install-minio.sh fills
-// ($MEDIAFS_CACHE or $HOME/.cache/mediafs, under bin/minio). A missing
+// ($MEDIAFS_CACHE or $HOME/.cache/mediafs, under bin/, the name
+// cachedBinary). That build carries a one-method fix for streaming
+// responses (see scripts/install-minio.sh) the change-feed tests need; a
+// minio on PATH or named by MEDIAFS_MINIO_BIN must have it too. A missing
 // binary fails the test instead of skipping it: a suite that silently
 // skips its end-to-end tests would pass without testing anything.
 //
@@ -362,6 +365,13 @@ func (s *Server) logTail() string {
 
 // findBinary looks for the MinIO server in the places scripts/test.sh and
 // scripts/install-minio.sh put it.
+// defaultPin is scripts/install-minio.sh's MinIO pin (a test checks they
+// agree), and cachedBinary the name that script installs it under.
+const (
+	defaultPin   = "v0.0.0-20260212201848-7aac2a2c5b7c"
+	cachedBinary = "minio-" + defaultPin + "-flushfix"
+)
+
 func findBinary() (string, error) {
 	if p := os.Getenv("MEDIAFS_MINIO_BIN"); p != "" {
 		if _, err := os.Stat(p); err != nil {
@@ -377,7 +387,7 @@ func findBinary() (string, error) {
 		if root == "" {
 			continue
 		}
-		p := filepath.Join(root, "bin", "minio")
+		p := filepath.Join(root, "bin", cachedBinary)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}

@@ -46,7 +46,7 @@ func main() {
 		quick      = flag.Bool("quick", false, "smaller workloads (200 small files, 128 MiB, 1000 metadata files)")
 		out        = flag.String("out", "bench-results.md", "write the markdown report here")
 		mediafsBin = flag.String("mediafs", "", "mediafs binary (required)")
-		minioBin   = flag.String("minio", os.Getenv("MEDIAFS_MINIO_BIN"), "MinIO server binary (default $MEDIAFS_MINIO_BIN, else ~/.cache/mediafs/bin/minio)")
+		minioBin   = flag.String("minio", os.Getenv("MEDIAFS_MINIO_BIN"), "MinIO server binary (default $MEDIAFS_MINIO_BIN, else the cached build of scripts/install-minio.sh)")
 		wbDelay    = flag.Duration("writeback-delay", time.Second, "mediafs --writeback-delay (and rclone --vfs-write-back)")
 		mflags     = flag.String("mediafs-flags", "", "extra flags for `mediafs mount`, space-separated")
 		only       = flag.String("targets", "raw,local,loopback,mediafs,rclone,s3fs", "comma-separated subset to run")
@@ -99,7 +99,8 @@ func main() {
 	}
 	if *minioBin == "" {
 		home, _ := os.UserHomeDir()
-		*minioBin = filepath.Join(home, ".cache", "mediafs", "bin", "minio")
+		// The name scripts/install-minio.sh gives its default pin.
+		*minioBin = filepath.Join(home, ".cache", "mediafs", "bin", "minio-v0.0.0-20260212201848-7aac2a2c5b7c-flushfix")
 	}
 	if !fileExists(*minioBin) {
 		fatalf("MinIO binary %s not found: run scripts/install-minio.sh", *minioBin)

@@ -33,12 +33,18 @@ type statusReply struct {
 	Conflicts      int64     `json:"conflicts"`
 	SkippedKeys    int64     `json:"skippedKeys"`
 	BackendDown    bool      `json:"backendDown"`
+	// ChangeFeed is the change feed's state (off, connecting, live,
+	// down, unsupported); FeedChanges counts other machines' changes it
+	// applied.
+	ChangeFeed  string `json:"changeFeed"`
+	FeedChanges int64  `json:"feedChanges"`
 }
 
 func status(c *cache.Cache) (statusReply, error) {
 	s, err := c.Status()
 	st := c.StatsRef()
-	return statusReply{Pending: s.Pending, PendingBytes: s.PendingBytes, Oldest: s.OldestSince,
+	fs := c.FeedStatus()
+	return statusReply{ChangeFeed: fs.State, FeedChanges: fs.Applied, Pending: s.Pending, PendingBytes: s.PendingBytes, Oldest: s.OldestSince,
 		CachedBytes: s.CachedBytes, CachedFiles: s.CachedFiles, Uploads: st.Uploads.Load(),
 		UploadFailures: st.UploadFailures.Load(), Conflicts: st.Conflicts.Load(),
 		SkippedKeys: st.SkippedKeys.Load(), BackendDown: c.BackendDown()}, err
@@ -196,6 +202,7 @@ func runStatus(args []string) error {
 	if s.BackendDown {
 		fmt.Println("object store: unreachable (uploads are retried; see the daemon's log)")
 	}
+	fmt.Printf("change feed: %s, %d changes of other machines applied\n", s.ChangeFeed, s.FeedChanges)
 	return nil
 }
 

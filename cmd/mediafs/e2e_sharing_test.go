@@ -150,11 +150,13 @@ func TestConcurrentOverwritesKeepTheLoserAsSibling(t *testing.T) {
 }
 
 // TestChangesOnOneMountShowOnTheOther measures, for each kind of change
-// made on mount A, how long until mount B sees it (within the TTL bound).
+// made on mount A, how long until mount B sees it (within the TTL bound),
+// without the change feed: by polling listings (e2e_feed_test.go has the
+// same with the feed).
 func TestChangesOnOneMountShowOnTheOther(t *testing.T) {
 	e := newEnv(t)
-	a := e.mount(t, "--writeback-delay", "0s")
-	b := e.mount(t, "--writeback-delay", "0s")
+	a := e.mount(t, "--writeback-delay", "0s", "--change-feed", "off")
+	b := e.mount(t, "--writeback-delay", "0s", "--change-feed", "off")
 	bound := 5 * time.Second
 	measure := func(what string, cond func() bool) {
 		t.Helper()

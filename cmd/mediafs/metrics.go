@@ -61,6 +61,16 @@ func startMetrics(addr string, c *cache.Cache, fsys *fs.FS, st *backend.S3, mnt 
 	counter("cache_hits_total", "Opens served from the local cache.", s.CacheHits.Load)
 	counter("cache_misses_total", "Opens that fetched from the bucket.", s.CacheMisses.Load)
 	counter("skipped_keys_total", "Object keys left out of listings because they cannot be paths.", s.SkippedKeys.Load)
+	counter("feed_events_total", "Other machines' changes applied from the change feed.", func() int64 { return c.FeedStatus().Applied })
+	counter("feed_own_events_total", "This mount's own changes seen on the change feed and skipped.", func() int64 { return c.FeedStatus().Own })
+	counter("feed_gaps_total", "Change feed (re)connections and overflows after which every cached listing was dropped.", func() int64 { return c.FeedStatus().Gaps })
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "mediafs", Name: "feed_connected",
+		Help: "1 while the change feed is live (listings trusted for --feed-dir-ttl)."}, func() float64 {
+		if c.FeedStatus().Live {
+			return 1
+		}
+		return 0
+	}))
 	gauge := func(name, help string, f func(cache.Status) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "mediafs", Name: name, Help: help},
 			func() float64 {

@@ -33,7 +33,8 @@ type mountConfig struct {
 	allowOther, insecure, noPassthrough          bool
 	debugFuse, nonEmpty                          bool
 	logFormat, logLevel, metricsAddr             string
-	excl                                         string
+	excl, changeFeed                             string
+	feedDirTTL                                   time.Duration
 	partSize                                     sizeFlag
 }
 
@@ -49,7 +50,9 @@ func mountFlags(cfg *mountConfig) *flag.FlagSet {
 	cfg.fileMode, cfg.dirMode = 0o644, 0o755
 	fset.Var(&cfg.fileMode, "file-mode", "permissions of files without s3fs metadata (octal)")
 	fset.Var(&cfg.dirMode, "dir-mode", "permissions of directories without metadata (octal)")
-	fset.DurationVar(&cfg.dirTTL, "dir-ttl", time.Second, "how long a bucket listing is trusted")
+	fset.DurationVar(&cfg.dirTTL, "dir-ttl", time.Second, "how long a bucket listing is trusted (without a live change feed)")
+	fset.StringVar(&cfg.changeFeed, "change-feed", "auto", "learn of other machines' changes from bucket notifications: auto (when the server offers them, else poll with --dir-ttl), listen (required: the mount fails without), off (poll)")
+	fset.DurationVar(&cfg.feedDirTTL, "feed-dir-ttl", 30*time.Second, "how long a bucket listing is trusted while the change feed is live (a safety net for lost events)")
 	fset.DurationVar(&cfg.wbDelay, "writeback-delay", 2*time.Second, "wait after close before uploading, so rewrites coalesce")
 	fset.DurationVar(&cfg.wbMaxWait, "writeback-max-wait", time.Minute, "upload a file held open for writing from a snapshot after this long")
 	fset.DurationVar(&cfg.drainTimeout, "drain-timeout", time.Minute, "on SIGTERM/unmount, how long to keep uploading before exiting (the rest stays in the journal)")
@@ -117,6 +120,11 @@ func runMount(args []string) error {
 	if cfg.excl != "claim" && cfg.excl != "local" {
 		return fmt.Errorf("--excl must be claim or local, not %q", cfg.excl)
 	}
+	switch cache.FeedMode(cfg.changeFeed) {
+	case cache.FeedAuto, cache.FeedListen, cache.FeedOff:
+	default:
+		return fmt.Errorf("--change-feed must be auto, listen or off, not %q", cfg.changeFeed)
+	}
 	if cfg.upload != "writeback" && cfg.upload != "close" {
 		return fmt.Errorf("--upload must be writeback or close, not %q", cfg.upload)
 	}
@@ -172,13 +180,18 @@ func runMount(args []string) error {
 		Dir: cfg.cacheDir, Store: st, Logger: log,
 		Defaults: cache.Defaults{UID: uint32(cfg.uid), GID: uint32(cfg.gid),
 			FileMode: uint32(cfg.fileMode), DirMode: uint32(cfg.dirMode)},
-		DirTTL: cfg.dirTTL, WritebackDelay: cfg.wbDelay, WritebackMaxWait: cfg.wbMaxWait,
+		DirTTL: cfg.dirTTL, ChangeFeed: cache.FeedMode(cfg.changeFeed), FeedDirTTL: cfg.feedDirTTL,
+		WritebackDelay: cfg.wbDelay, WritebackMaxWait: cfg.wbMaxWait,
 		UploadConcurrency: cfg.uploadConc, UploadOnClose: cfg.upload == "close",
 		OpTimeout: cfg.opTimeout, CacheSize: cfg.cacheSize.resolve(cfg.cacheDir), Host: host,
 		LocalExcl: cfg.excl == "local", SpaceWait: cfg.spaceWait,
 	})
 	if err != nil {
 		return err
+	}
+	if err := c.StartFeed(context.Background()); err != nil {
+		c.Close()
+		return fmt.Errorf("--change-feed=listen: %w", err)
 	}
 	fo := fs.Options{Cache: c, Logger: log, AllowOther: cfg.allowOther,
 		Debug: cfg.debugFuse, FsName: bucket + "/" + prefix, DisablePassthrough: cfg.noPassthrough,
