@@ -76,6 +76,9 @@ type blockMap struct {
 	size int64
 	id   uint64
 	f    *os.File
+	// mtime is the object's: the file gets it back once whole (writing
+	// blocks moved it).
+	mtime time.Time
 
 	mu       sync.Mutex
 	have     []bool
@@ -654,6 +657,11 @@ func (m *blockMap) store(ver uint64, bm []byte, whole bool) {
 		return
 	}
 	m.savedVer = ver
+	if whole && !m.mtime.IsZero() {
+		// Before the record says whole: from then on the file's mtime is
+		// what its handles report.
+		os.Chtimes(m.f.Name(), m.mtime, m.mtime)
+	}
 	if err := m.c.update(func(txn *badger.Txn) error {
 		if !whole {
 			return txn.Set(bKey(m.id), bm)

@@ -298,6 +298,7 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 				}
 				it.blocks = newBlockMap(c, key, e.ETag, e.Size, cl.DataID, f, have)
 				it.blocks.setGroup(&it.fetches)
+				it.blocks.mtime = e.Attr.Mtime
 			}
 			c.stats.CacheHits.Add(1)
 			return nil
@@ -351,6 +352,7 @@ func (c *Cache) newSparse(it *Item, key string, e Entry) error {
 	it.id.Store(id) // before the LRU may evict: see fetchWhole
 	it.blocks = newBlockMap(c, key, e.ETag, e.Size, id, f, nil)
 	it.blocks.setGroup(&it.fetches)
+	it.blocks.mtime = e.Attr.Mtime
 	c.lru.add(id, key, e.Size)
 	return nil
 }
@@ -686,7 +688,12 @@ func (h *Handle) Entry() Entry {
 	if it.f != nil {
 		if fi, err := it.f.Stat(); err == nil {
 			e.Size = fi.Size()
-			e.Attr.Mtime = fi.ModTime()
+			if it.blocks == nil {
+				e.Attr.Mtime = fi.ModTime()
+			}
+			// else the block cache is filling the file: its mtime is
+			// that of the last block written, not the object's, and a
+			// changed mtime makes the kernel drop the file's pages.
 		}
 	}
 	e.Symlink = it.attr.Mode&syscall.S_IFMT == syscall.S_IFLNK
