@@ -380,6 +380,11 @@ func (m *blockMap) startLocked(first, last, ahead int) error {
 			e++
 		}
 		if !needed {
+			if e == end && e-b+1 < runBlocks && end < len(m.have)-1 {
+				// The window moves on a block at a time: wait until it
+				// holds a whole run rather than send a GET per block.
+				return nil
+			}
 			// Read-ahead: only what the budget holds.
 			for e >= b && !m.roomLocked(first, last, e-b+1) {
 				e--

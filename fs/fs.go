@@ -85,6 +85,11 @@ func (f *FS) Mount(dir string) (*fuse.Server, error) {
 			MaxWrite:      1 << 20,
 			MaxReadAhead:  1 << 20,
 			MaxBackground: 64,
+			// Reads are served from buffers, never as a file to splice.
+			// With splice on, go-fuse first tries a pipe for every READ
+			// reply, and for a 1 MiB one (bigger than the default pipe
+			// limit) fails, logs "trySplice" and falls back to writev.
+			DisableSplice: true,
 			// With ENOSYS the kernel stops asking for security.capability
 			// on every write.
 			DisableXAttrs: true,
