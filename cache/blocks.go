@@ -40,6 +40,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -111,6 +112,12 @@ type blockMap struct {
 	failErr error
 	// detached is set once a writer took the data file over (see detach).
 	detached bool
+	// ctx ends the map's runs (cancel) when the file is closed or taken
+	// over; stopped is set then, and a stopped map neither punches nor
+	// saves its bitmap any more (see stop).
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stopped atomic.Bool
 	// running counts this map's runs (detach waits for them); wg, the
 	// item's, counts every run writing into its data file (see setGroup).
 	running sync.WaitGroup
@@ -123,8 +130,8 @@ type blockMap struct {
 // read(2) must fail within one op timeout, not two.
 const failFast = 2 * time.Second
 
-// errDetached ends a run whose file a writer took over.
-var errDetached = errors.New("the cache file was taken over by a writer")
+// errStopped ends a run whose file was closed or taken over by a writer.
+var errStopped = errors.New("reading stopped: the file was closed or taken over by a writer")
 
 // fetchGroup is set by the owning item: it waits for the map's fetches
 // before closing the data file they write into.
@@ -157,6 +164,7 @@ func newBlockMap(c *Cache, key, etag string, size int64, id uint64, f *os.File, 
 	m := &blockMap{c: c, key: key, etag: etag, size: size, id: id, f: f, have: have,
 		inflight: map[int]*blockFetch{}, sem: make(chan struct{}, maxRuns+2),
 		nextOff: -1, punchedAt: map[int]uint64{}}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	for b, h := range have {
 		if !h {
 			m.missing++
@@ -264,6 +272,19 @@ func (m *blockMap) detach() {
 	m.detached = true
 	m.wakeLocked(true)
 	m.mu.Unlock()
+	m.stop()
+}
+
+// stop ends the runs in flight and waits for them: on the last close
+// (the read-ahead of a program that read a header and closed must not
+// go on downloading), and when a writer takes the file over. What a run
+// wrote of an unfinished block stays, not marked present: the next map
+// of this file (a new open may already have one) fetches it again, and
+// punching it could punch out what that map just fetched. For the same
+// reason a stopped map saves no bitmap.
+func (m *blockMap) stop() {
+	m.stopped.Store(true)
+	m.cancel()
 	m.running.Wait()
 }
 
@@ -530,7 +551,7 @@ func (m *blockMap) run(b0 int, fs []*blockFetch) {
 	}
 	m.sem <- struct{}{}
 	defer func() { <-m.sem }()
-	if !m.isDetached() {
+	if !m.stopped.Load() {
 		off := int64(b0) * blockSize
 		m.c.makeRoom(min(off+int64(len(fs))*blockSize, m.size) - off)
 	}
@@ -548,7 +569,7 @@ func (m *blockMap) run(b0 int, fs []*blockFetch) {
 		if m.inflight[b] == f {
 			delete(m.inflight, b)
 		}
-		if !m.detached && f.got > 0 {
+		if !m.stopped.Load() && f.got > 0 {
 			// Part of it was written (or allocated): give the space
 			// back. A read of that part in progress starts again.
 			m.punchLocked(b)
@@ -563,7 +584,7 @@ func (m *blockMap) run(b0 int, fs []*blockFetch) {
 func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 	pos := int64(b0) * blockSize
 	end := min(pos+int64(len(fs))*blockSize, m.size)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(m.ctx)
 	defer cancel()
 	stall := time.AfterFunc(m.c.o.OpTimeout, cancel)
 	defer stall.Stop()
@@ -572,8 +593,8 @@ func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 	buf := *bp
 	var err error
 	for attempt := 0; attempt < 3 && pos < end; attempt++ {
-		if m.isDetached() {
-			return fmt.Errorf("read %s: %w: %w", m.key, errDetached, backend.ErrUnavailable)
+		if m.stopped.Load() {
+			return fmt.Errorf("read %s: %w", m.key, errStopped)
 		}
 		var r io.ReadCloser
 		r, err = m.c.st.Get(ctx, m.key, m.etag, pos, end-pos)
@@ -602,7 +623,7 @@ func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 				complete, ok := m.advance(b0, fs, pos, done)
 				if !ok {
 					r.Close()
-					return fmt.Errorf("read %s: %w: %w", m.key, errDetached, backend.ErrUnavailable)
+					return fmt.Errorf("read %s: %w", m.key, errStopped)
 				}
 				if complete {
 					m.save()
@@ -624,6 +645,9 @@ func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 			break
 		}
 	}
+	if m.ctx.Err() != nil {
+		return fmt.Errorf("read %s: %w", m.key, errStopped) // not the store's doing
+	}
 	if ctx.Err() != nil && !errors.Is(err, backend.ErrUnavailable) {
 		err = fmt.Errorf("get %s: no data for %v: %w", m.key, m.c.o.OpTimeout, backend.ErrUnavailable)
 	}
@@ -641,7 +665,7 @@ func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 func (m *blockMap) advance(b0 int, fs []*blockFetch, pos int64, done *int) (complete, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.detached {
+	if m.detached || m.stopped.Load() {
 		return false, false
 	}
 	for ; *done < len(fs); *done++ {
@@ -679,7 +703,7 @@ func (m *blockMap) save() {
 func (m *blockMap) store(ver uint64, bm []byte, whole bool) {
 	m.saveMu.Lock()
 	defer m.saveMu.Unlock()
-	if ver <= m.savedVer {
+	if ver <= m.savedVer || m.stopped.Load() {
 		return
 	}
 	m.savedVer = ver

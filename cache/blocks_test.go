@@ -364,3 +364,33 @@ func TestBlockWholeFileKeepsTheObjectMtime(t *testing.T) {
 		t.Errorf("data file mtime %v (%v), want %v", fi.ModTime(), err, want)
 	}
 }
+
+func TestBlockCloseStopsTheReadAhead(t *testing.T) {
+	obj := bigObject(12 * blockSize)
+	e, ss := blockEnv(t, obj, nil)
+	ss.holdAt = 2 << 20 // the store sends 2 MiB, then nothing
+	h := e.openRead("big.bin")
+	readAt(t, h, obj, 0, 4096) // a program reads a header...
+	<-ss.reached
+	start := time.Now()
+	h.Release() // ... and closes: the 16 MiB run stops
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("close waited %v for read-ahead", d)
+	}
+	if g := ss.ranges(); len(g) != 1 {
+		t.Errorf("GETs: %v, want the one run", g)
+	}
+	// Nothing partial is marked present; the next open reads right.
+	close(ss.release)
+	h = e.openRead("big.bin")
+	defer h.Release()
+	h.blocks.mu.Lock()
+	n := len(h.blocks.order)
+	h.blocks.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d blocks present after a stopped run, want none", n)
+	}
+	for off := int64(0); off < int64(len(obj)); off += 1 << 20 {
+		readAt(t, h, obj, off, 1<<20)
+	}
+}

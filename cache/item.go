@@ -441,8 +441,11 @@ func (c *Cache) unref(it *Item) {
 	}
 	it.mu.Lock()
 	defer it.mu.Unlock()
-	// Read-ahead may still be writing into the file (bounded by the op
-	// timeout): let it finish before the file is closed.
+	// Read-ahead still running is stopped, and waited for before the file
+	// it writes into is closed.
+	if it.blocks != nil {
+		it.blocks.stop()
+	}
 	it.fetches.Wait()
 	if it.f != nil {
 		it.f.Close()
