@@ -591,6 +591,14 @@ func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
+	m.mu.Lock()
+	ferr, fat := m.failErr, m.failAt
+	m.mu.Unlock()
+	if ferr != nil && time.Since(fat) < failFast && m.c.backendDown() {
+		// Queued behind runs that found the store down: fail now, not
+		// after another op timeout.
+		return ferr
+	}
 	var err error
 	for attempt := 0; attempt < 3 && pos < end; attempt++ {
 		if m.stopped.Load() {
