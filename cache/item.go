@@ -302,6 +302,7 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 				}
 				it.blocks = newBlockMap(c, key, e.ETag, e.Size, cl.DataID, f, have)
 				it.blocks.setGroup(&it.fetches)
+				it.blocks.mtime = e.Attr.Mtime
 			}
 			c.stats.CacheHits.Add(1)
 			return nil
@@ -355,6 +356,7 @@ func (c *Cache) newSparse(it *Item, key string, e Entry) error {
 	it.id.Store(id) // before the LRU may evict: see fetchWhole
 	it.blocks = newBlockMap(c, key, e.ETag, e.Size, id, f, nil)
 	it.blocks.setGroup(&it.fetches)
+	it.blocks.mtime = e.Attr.Mtime
 	c.lru.add(id, key, e.Size)
 	return nil
 }
@@ -436,8 +438,11 @@ func (c *Cache) unref(it *Item) {
 	}
 	it.mu.Lock()
 	defer it.mu.Unlock()
-	// Read-ahead may still be writing into the file (bounded by the op
-	// timeout): let it finish before the file is closed.
+	// Read-ahead still running is stopped, and waited for before the file
+	// it writes into is closed.
+	if it.blocks != nil {
+		it.blocks.stop()
+	}
 	it.fetches.Wait()
 	if it.f != nil {
 		it.f.Close()
@@ -688,7 +693,12 @@ func (h *Handle) Entry() Entry {
 	if it.f != nil {
 		if fi, err := it.f.Stat(); err == nil {
 			e.Size = fi.Size()
-			e.Attr.Mtime = fi.ModTime()
+			if it.blocks == nil {
+				e.Attr.Mtime = fi.ModTime()
+			}
+			// else the block cache is filling the file: its mtime is
+			// that of the last block written, not the object's, and a
+			// changed mtime makes the kernel drop the file's pages.
 		}
 	}
 	e.Symlink = it.attr.Mode&syscall.S_IFMT == syscall.S_IFLNK

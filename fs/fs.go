@@ -2,11 +2,15 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -31,6 +35,9 @@ type Options struct {
 	FsName string
 	// DisablePassthrough serves all reads and writes through the daemon.
 	DisablePassthrough bool
+	// ReadAhead is the kernel's read-ahead window for files the daemon
+	// serves (bytes; 0 leaves the kernel's 128 KiB).
+	ReadAhead int64
 	// Observe, when set, is called after each FUSE operation served by the
 	// daemon with its name, latency and result (for metrics).
 	Observe func(op string, d time.Duration, errno syscall.Errno)
@@ -79,6 +86,11 @@ func (f *FS) Mount(dir string) (*fuse.Server, error) {
 			MaxWrite:      1 << 20,
 			MaxReadAhead:  1 << 20,
 			MaxBackground: 64,
+			// Reads are served from buffers, never as a file to splice.
+			// With splice on, go-fuse first tries a pipe for every READ
+			// reply, and for a 1 MiB one (bigger than the default pipe
+			// limit) fails, logs "trySplice" and falls back to writev.
+			DisableSplice: true,
 			// With ENOSYS the kernel stops asking for security.capability
 			// on every write.
 			DisableXAttrs: true,
@@ -94,7 +106,32 @@ func (f *FS) Mount(dir string) (*fuse.Server, error) {
 	f.root = root
 	f.probePassthrough(srv)
 	f.c.SetChangeHook(f.notifyChanges)
+	f.setReadAhead(dir)
 	return srv, nil
+}
+
+// setReadAhead sets the kernel's read-ahead for the mount. With the
+// default 128 KiB (MaxReadAhead cannot raise it: the kernel offers its
+// default at INIT and takes the smaller) a sequential reader of a file
+// the daemon serves gets one 128 KiB READ at a time, each a round trip; a
+// larger window makes the kernel send READs of up to MaxWrite, several at
+// once. It is the mount's own backing device, so it changes nothing
+// else. Passthrough reads are the cache disk's, not affected.
+func (f *FS) setReadAhead(dir string) {
+	if f.o.ReadAhead <= 0 {
+		return
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		f.log.Info("cannot set the kernel read-ahead of the mount", "err", err)
+		return
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if err := os.WriteFile(p, []byte(strconv.FormatInt(f.o.ReadAhead>>10, 10)), 0); err != nil {
+		f.log.Info("cannot set the kernel read-ahead of the mount; sequential reads of files not yet cached take 128 KiB per round trip", "path", p, "err", err)
+		return
+	}
+	f.log.Debug("kernel read-ahead of the mount set", "path", p, "kib", f.o.ReadAhead>>10)
 }
 
 // probePassthrough registers a backing file once, as go-fuse would on the

@@ -35,7 +35,7 @@ type mountConfig struct {
 	logFormat, logLevel, metricsAddr             string
 	excl, changeFeed                             string
 	feedDirTTL                                   time.Duration
-	partSize                                     sizeFlag
+	partSize, readAhead                          sizeFlag
 }
 
 func mountFlags(cfg *mountConfig) *flag.FlagSet {
@@ -67,6 +67,8 @@ func mountFlags(cfg *mountConfig) *flag.FlagSet {
 	fset.Var(&cfg.cacheSize, "cache-size", "cap on clean cached data (10G, 512M, 80%); dirty data is never evicted")
 	cfg.partSize.bytes = 16 << 20
 	fset.Var(&cfg.partSize, "part-size", "multipart upload part size")
+	cfg.readAhead.bytes = 4 << 20
+	fset.Var(&cfg.readAhead, "read-ahead", "kernel read-ahead window for files not yet whole in the cache (0: the kernel's 128K)")
 	fset.BoolVar(&cfg.allowOther, "allow-other", false, "let other users use the mount (needs user_allow_other for non-root)")
 	fset.BoolVar(&cfg.insecure, "insecure-skip-verify", false, "do not verify the endpoint's TLS certificate")
 	fset.BoolVar(&cfg.noPassthrough, "no-passthrough", false, "serve reads and writes through the daemon even where FUSE passthrough works")
@@ -195,6 +197,7 @@ func runMount(args []string) error {
 	}
 	fo := fs.Options{Cache: c, Logger: log, AllowOther: cfg.allowOther,
 		Debug: cfg.debugFuse, FsName: bucket + "/" + prefix, DisablePassthrough: cfg.noPassthrough,
+		ReadAhead:    cfg.readAhead.bytes,
 		EntryTimeout: time.Second, AttrTimeout: time.Second, NegativeTimeout: 500 * time.Millisecond}
 	if cfg.metricsAddr != "" {
 		fo.Observe = observeOp
