@@ -1040,3 +1040,30 @@ func TestDrainFinishesDirectoryRenameWithFewWorkers(t *testing.T) {
 		})
 	}
 }
+
+// Close-to-open with a handle still open: a new open after the object
+// changed elsewhere gets the new version, while the handle opened before
+// keeps reading the version it opened (as with a file replaced by rename
+// on a local disk).
+func TestOpenWhileAnOlderVersionIsOpenGetsTheNewVersion(t *testing.T) {
+	e := newEnv(t, nil)
+	e.setRemote("v.txt", "version one")
+	ent := e.lookup("v.txt")
+	h1, err := e.c.Open(ctxT(t), "v.txt", ent, OpenFlags{})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	e.setRemote("v.txt", "version two!")
+	if got := e.read("v.txt"); got != "version two!" {
+		t.Errorf("new open while the old version is open reads %q, want %q", got, "version two!")
+	}
+	p := make([]byte, 64)
+	n, err := h1.ReadAt(ctxT(t), p, 0)
+	if err != nil || string(p[:n]) != "version one" {
+		t.Errorf("the handle opened first reads %q, %v; want %q", p[:n], err, "version one")
+	}
+	h1.Release()
+	if got := e.read("v.txt"); got != "version two!" {
+		t.Errorf("after the old handle closed: %q", got)
+	}
+}

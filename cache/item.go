@@ -109,20 +109,42 @@ func (c *Cache) Open(ctx context.Context, key string, e Entry, fl OpenFlags) (*H
 			return nil, err
 		}
 	}
-	c.mu.Lock()
-	it := c.items[key]
-	if it == nil {
-		it = &Item{c: c, key: key, mu: newChanMutex()}
-		c.items[key] = it
-	}
-	it.refs++ // pins the item while it is being filled
-	c.mu.Unlock()
+	for {
+		c.mu.Lock()
+		it := c.items[key]
+		if it == nil {
+			it = &Item{c: c, key: key, mu: newChanMutex()}
+			c.items[key] = it
+		}
+		it.refs++ // pins the item while it is being filled
+		c.mu.Unlock()
 
-	h, err := c.openItem(ctx, it, e, fl)
-	if err != nil {
-		c.unref(it)
+		h, err := c.openItem(ctx, it, e, fl)
+		if err != nil {
+			c.unref(it)
+		}
+		if errors.Is(err, errStaleItem) {
+			continue // set aside: the next round makes a new item
+		}
+		return h, err
 	}
-	return h, err
+}
+
+// errStaleItem: the open item holds an older version than the one being
+// opened; it was set aside for the handles that have it open.
+var errStaleItem = errors.New("open item holds an older version")
+
+// staleLocked reports whether it, open with clean data, holds another
+// version than entry e, which the file system just looked up: another
+// machine changed the object. Caller holds it.mu.
+func (c *Cache) staleLocked(it *Item, e Entry, fl OpenFlags) bool {
+	if it.f == nil || fl.Create || e.Pending || e.ETag == "" || it.base == "" || e.ETag == it.base {
+		return false
+	}
+	if it.writers > 0 || it.dirtyData || it.removed || c.recs.has(it.key) {
+		return false // this mount's own version, pending
+	}
+	return true
 }
 
 func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (*Handle, error) {
@@ -130,6 +152,18 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 		return nil, err
 	}
 	defer it.mu.Unlock()
+	if c.staleLocked(it, e, fl) {
+		// The handles open on it keep reading the version they opened
+		// (its data file goes when the last one closes, once the new
+		// version replaces it as the clean copy); new opens get the new
+		// version from a new item.
+		c.mu.Lock()
+		if c.items[it.key] == it {
+			delete(c.items, it.key)
+		}
+		c.mu.Unlock()
+		return nil, errStaleItem
+	}
 	h := &Handle{c: c, it: it, write: fl.Write}
 	if it.f == nil {
 		if err := c.fill(ctx, it, e, fl); err != nil {

@@ -17,6 +17,16 @@ type fileNode struct {
 	node
 	mu       sync.Mutex
 	lastETag string // the version the kernel's page cache holds
+	opens    int    // open handles
+}
+
+// replacedWhileOpen reports whether the object is another version than
+// the one this inode's open handles hold (changed on another machine):
+// new opens then get a new inode, since the kernel serves every
+// passthrough handle of one inode from one backing file. Caller holds
+// f.mu.
+func (f *fileNode) replacedWhileOpenLocked(e cache.Entry) bool {
+	return f.opens > 0 && f.lastETag != "" && !e.Pending && e.ETag != "" && e.ETag != f.lastETag
 }
 
 var (
@@ -122,6 +132,14 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, 
 	if e.Dir {
 		return nil, 0, syscall.EISDIR
 	}
+	f.mu.Lock()
+	stale := f.replacedWhileOpenLocked(e)
+	f.mu.Unlock()
+	if stale {
+		// The kernel retries an open that fails with ESTALE once, with a
+		// fresh lookup, which gives the name a new inode (inodeFor).
+		return nil, 0, syscall.ESTALE
+	}
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	h, err := f.fsys.c.Open(ctx, key, e, cache.OpenFlags{Write: write, Trunc: write && flags&syscall.O_TRUNC != 0})
 	if err != nil {
@@ -130,6 +148,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, 
 	// Keep the kernel's page cache while the object is the version it
 	// cached; a new ETag (changed here or on another machine) drops it.
 	f.mu.Lock()
+	f.opens++
 	if !write && !e.Pending && e.ETag != "" && e.ETag == f.lastETag {
 		fuseFlags |= fuse.FOPEN_KEEP_CACHE
 	}
@@ -138,7 +157,9 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, 
 		f.lastETag = ""
 	}
 	f.mu.Unlock()
-	return f.fsys.newHandle(h), fuseFlags, 0
+	nh := f.fsys.newHandle(h)
+	nh.node = f
+	return nh, fuseFlags, 0
 }
 
 // Readlink implements gofs.NodeReadlinker.
@@ -159,6 +180,7 @@ func (l *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 type fileHandle struct {
 	fsys *FS
 	h    *cache.Handle
+	node *fileNode // counts its open handles; nil for created files' first handle
 }
 
 var (
@@ -209,6 +231,11 @@ func (fh *fileHandle) Flush(ctx context.Context) (errno syscall.Errno) {
 // Release implements gofs.FileReleaser.
 func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
 	fh.h.Release()
+	if fh.node != nil {
+		fh.node.mu.Lock()
+		fh.node.opens--
+		fh.node.mu.Unlock()
+	}
 	return 0
 }
 

@@ -246,9 +246,25 @@ func (n *node) entry(ctx context.Context, dir bool) (cache.Entry, error) {
 
 // inodeFor returns the child inode for an entry, reusing the existing one
 // when its type still matches.
+// replacedWhileOpen: see fileNode.replacedWhileOpenLocked.
+func replacedWhileOpen(ch *gofs.Inode, e cache.Entry) bool {
+	var fn *fileNode
+	switch n := ch.Operations().(type) {
+	case *fileNode:
+		fn = n
+	case *linkNode:
+		fn = &n.fileNode
+	default:
+		return false
+	}
+	fn.mu.Lock()
+	defer fn.mu.Unlock()
+	return fn.replacedWhileOpenLocked(e)
+}
+
 func (f *FS) inodeFor(ctx context.Context, parent *gofs.Inode, name string, e cache.Entry) *gofs.Inode {
 	mode := typeBits(e)
-	if ch := parent.GetChild(name); ch != nil && ch.StableAttr().Mode == mode {
+	if ch := parent.GetChild(name); ch != nil && ch.StableAttr().Mode == mode && !replacedWhileOpen(ch, e) {
 		return ch
 	}
 	var n gofs.InodeEmbedder

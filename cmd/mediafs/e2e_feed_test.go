@@ -457,3 +457,44 @@ func TestFeedTwoDjangoInstancesShareOneMediaRoot(t *testing.T) {
 		}
 	}
 }
+
+// A file another machine overwrites while this one holds it open: a new
+// open gets the new version (close-to-open), the handle opened before
+// keeps reading the version it opened, as with a file replaced by rename
+// on a local disk. With passthrough the kernel serves every handle of an
+// inode from one backing file, so the new version needs a new inode: the
+// open of the old one fails with ESTALE and the kernel retries it after a
+// fresh lookup.
+func TestFeedOverwriteWhileOpenOnTheOtherMount(t *testing.T) {
+	e := newEnv(t)
+	a, b := feedMounts(t, e)
+	for _, size := range []int{100, 12 << 20} { // fetched whole; block cache
+		name := fmt.Sprintf("held-%d.bin", size)
+		one := bytes.Repeat([]byte("1"), size)
+		two := bytes.Repeat([]byte("2"), size+7)
+		writeFile(t, a.path(name), one)
+		e.waitObject(t, name, one, 10*time.Second)
+		waitFile(t, b.path(name), one, 5*time.Second)
+		held, err := os.Open(b.path(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 10)
+		if _, err := held.ReadAt(buf, 0); err != nil || buf[0] != '1' {
+			t.Fatalf("%s: held handle reads %q, %v", name, buf, err)
+		}
+		writeFile(t, a.path(name), two)
+		e.waitObject(t, name, two, 10*time.Second)
+		d := waitFile(t, b.path(name), two, 5*time.Second)
+		t.Logf("%s: new version read on B %v after it was in the bucket, with the old one held open", name, d)
+		got := make([]byte, size+10)
+		n, err := held.ReadAt(got, 0)
+		if n != size || !bytes.Equal(got[:n], one) {
+			t.Errorf("%s: the handle opened before reads %d bytes (%q...), %v; want the %d bytes it opened", name, n, got[:min(n, 8)], err, size)
+		}
+		held.Close()
+		if got := readFile(t, b.path(name)); !bytes.Equal(got, two) {
+			t.Errorf("%s: after the old handle closed B reads %d bytes, want the new %d", name, len(got), len(two))
+		}
+	}
+}
