@@ -1067,3 +1067,43 @@ func TestOpenWhileAnOlderVersionIsOpenGetsTheNewVersion(t *testing.T) {
 		t.Errorf("after the old handle closed: %q", got)
 	}
 }
+
+// Each snapshot upload of a file held open by another writer builds on
+// the one before: a second close (an overwrite, uploaded with If-Match)
+// must not fail its condition against the first snapshot forever.
+func TestUploadOnCloseSnapshotsBuildOnEachOther(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.UploadOnClose = true
+		o.WritebackDelay = never
+		o.WritebackMaxWait = time.Hour
+	})
+	e.setRemote("log.txt", "base\n")
+	ent := e.lookup("log.txt")
+	hold, err := e.c.Open(ctxT(t), "log.txt", ent, OpenFlags{Write: true})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer hold.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	want := "base\n"
+	for i, line := range []string{"one\n", "two\n", "three\n"} {
+		h, err := e.c.Open(ctxT(t), "log.txt", e.lookup("log.txt"), OpenFlags{Write: true})
+		if err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		e.write(h, line, int64(len(want)))
+		want += line
+		start := time.Now()
+		if err := h.Flush(ctx); err != nil {
+			t.Fatalf("close %d with another writer open: %v (after %v)", i, err, time.Since(start))
+		}
+		h.Release()
+		if _, data := e.stored("log.txt"); data != want {
+			t.Errorf("after close %d the bucket holds %q, want %q", i, data, want)
+		}
+	}
+	if n := len(e.mem.Keys()); n != 1 {
+		t.Errorf("bucket keys %q: want only log.txt (no conflict copies)", e.mem.Keys())
+	}
+}

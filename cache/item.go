@@ -695,6 +695,10 @@ func (h *Handle) Release() {
 	}
 }
 
+// DataID names the data file the handle reads and writes: handles of one
+// file opened while another machine replaced it may differ.
+func (h *Handle) DataID() uint64 { return h.it.id.Load() }
+
 // Writable reports whether the handle was opened for writing.
 func (h *Handle) Writable() bool { return h.write && h.it != nil }
 

@@ -568,8 +568,14 @@ func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration
 			cur.Uploaded = true
 			cur.UploadedGen = max(cur.UploadedGen, r.Gen)
 			cur.Since = time.Now()
+			if cur.Op == OpPut && cur.DataID == r.DataID {
+				// The next upload of this file builds on the snapshot
+				// just made, or its If-Match would fail forever.
+				cur.BaseETag, cur.Excl = obj.ETag, false
+			}
 			return putRecord(txn, key, cur)
 		})
+		c.rebase(key, r.DataID, obj.ETag)
 		u.dropIfVanished(key)
 		return c.o.WritebackMaxWait, nil
 	}

@@ -126,8 +126,12 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	}
 	e := cache.Entry{Key: key, Name: name, Attr: a, Pending: true}
 	fillAttr(e, &out.Attr)
-	ch := d.NewInode(ctx, &fileNode{node: node{fsys: d.fsys}}, gofs.StableAttr{Mode: syscall.S_IFREG})
-	return ch, d.fsys.newHandle(h), 0, 0
+	fn := &fileNode{node: node{fsys: d.fsys}}
+	fn.trackLocked(h) // not shared yet
+	ch := d.NewInode(ctx, fn, gofs.StableAttr{Mode: syscall.S_IFREG})
+	nh := d.fsys.newHandle(h)
+	nh.node = fn
+	return ch, nh, 0, 0
 }
 
 // Mkdir implements gofs.NodeMkdirer.

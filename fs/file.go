@@ -18,6 +18,27 @@ type fileNode struct {
 	mu       sync.Mutex
 	lastETag string // the version the kernel's page cache holds
 	opens    int    // open handles
+	// dataID is the data file of the open handles: the kernel serves all
+	// passthrough handles of an inode from the first one's file, so a
+	// handle on another file (the object was replaced meanwhile) must
+	// not be given out on this inode. superseded marks an inode whose
+	// name gets a new inode at the next lookup for that reason.
+	dataID     uint64
+	superseded bool
+}
+
+// track counts a new open handle of the inode, or reports that it holds
+// another data file than the handles already open. Caller holds f.mu.
+func (f *fileNode) trackLocked(h *cache.Handle) bool {
+	if f.opens > 0 && h.DataID() != f.dataID {
+		f.superseded = true
+		return false
+	}
+	if f.opens == 0 {
+		f.dataID, f.superseded = h.DataID(), false
+	}
+	f.opens++
+	return true
 }
 
 // replacedWhileOpen reports whether the object is another version than
@@ -26,7 +47,10 @@ type fileNode struct {
 // passthrough handle of one inode from one backing file. Caller holds
 // f.mu.
 func (f *fileNode) replacedWhileOpenLocked(e cache.Entry) bool {
-	return f.opens > 0 && f.lastETag != "" && !e.Pending && e.ETag != "" && e.ETag != f.lastETag
+	if f.opens == 0 {
+		return false
+	}
+	return f.superseded || f.lastETag != "" && !e.Pending && e.ETag != "" && e.ETag != f.lastETag
 }
 
 var (
@@ -134,6 +158,9 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, 
 	}
 	f.mu.Lock()
 	stale := f.replacedWhileOpenLocked(e)
+	if stale {
+		f.superseded = true
+	}
 	f.mu.Unlock()
 	if stale {
 		// The kernel retries an open that fails with ESTALE once, with a
@@ -148,7 +175,11 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, 
 	// Keep the kernel's page cache while the object is the version it
 	// cached; a new ETag (changed here or on another machine) drops it.
 	f.mu.Lock()
-	f.opens++
+	if !f.trackLocked(h) {
+		f.mu.Unlock()
+		h.Release()
+		return nil, 0, syscall.ESTALE // as above
+	}
 	if !write && !e.Pending && e.ETag != "" && e.ETag == f.lastETag {
 		fuseFlags |= fuse.FOPEN_KEEP_CACHE
 	}
@@ -180,7 +211,7 @@ func (l *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 type fileHandle struct {
 	fsys *FS
 	h    *cache.Handle
-	node *fileNode // counts its open handles; nil for created files' first handle
+	node *fileNode // whose open handles it counts
 }
 
 var (

@@ -498,3 +498,51 @@ func TestFeedOverwriteWhileOpenOnTheOtherMount(t *testing.T) {
 		}
 	}
 }
+
+// The same with the handle held open since before this mount's own
+// version was uploaded (no version known for it then): a read-write open
+// after another machine replaced the file must work on the new version,
+// and what it writes must reach the bucket.
+func TestFeedWriteAfterReplaceWhileOwnVersionIsOpen(t *testing.T) {
+	e := newEnv(t)
+	a, b := feedMounts(t, e)
+	name := "own.txt"
+	w, err := os.Create(b.path(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("mine")); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.Open(b.path(name)) // while pending
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitObject(t, name, []byte("mine"), 10*time.Second)
+	theirs := []byte("theirs, longer")
+	writeFile(t, a.path(name), theirs)
+	e.waitObject(t, name, theirs, 10*time.Second)
+	waitFile(t, b.path(name), theirs, 5*time.Second)
+	f, err := os.OpenFile(b.path(name), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("read-write open after the replace: %v", err)
+	}
+	got := make([]byte, 64)
+	n, _ := f.ReadAt(got, 0)
+	if !bytes.Equal(got[:n], theirs) {
+		t.Errorf("read-write open reads %q, want %q", got[:n], theirs)
+	}
+	if _, err := f.WriteAt([]byte("!"), int64(len(theirs))); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append([]byte{}, theirs...), '!')
+	e.waitObject(t, name, want, 10*time.Second)
+	waitFile(t, a.path(name), want, 5*time.Second)
+}
