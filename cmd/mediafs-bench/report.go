@@ -47,8 +47,8 @@ func (b *bench) metrics() []metric {
 			targetRef: "loopback", targetMin: 0.8, targetText: "≥0.8× loopback"},
 		{key: "unlink", label: fmt.Sprintf("unlink %d files", b.metaN), unit: "ops/s",
 			targetRef: "loopback", targetMin: 0.8, targetText: "≥0.8× loopback"},
-		{key: "vis_new", label: "cross-mount visibility, new file (median)", unit: "s", lowerBetter: true},
-		{key: "vis_overwrite", label: "cross-mount visibility, overwrite (median)", unit: "s", lowerBetter: true},
+		{key: "vis_new", label: "cross-mount visibility from A's close (write-back delay included), new file (median)", unit: "s", lowerBetter: true},
+		{key: "vis_overwrite", label: "cross-mount visibility from A's close (write-back delay included), overwrite (median)", unit: "s", lowerBetter: true},
 		{key: "rss", label: "daemon peak RSS (VmHWM)", unit: "MiB", lowerBetter: true,
 			targetRef: "abs", targetMin: 100, targetText: "≤100 MiB"},
 	}
