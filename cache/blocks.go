@@ -721,12 +721,19 @@ func (m *blockMap) store(ver uint64, bm []byte, whole bool) {
 		os.Chtimes(m.f.Name(), m.mtime, m.mtime)
 	}
 	if err := m.c.update(func(txn *badger.Txn) error {
+		cl, ok, err := getClean(txn, m.key)
+		if err != nil {
+			return err
+		}
+		if !ok || cl.DataID != m.id {
+			// No longer the clean copy (replaced by a newer version, or
+			// dropped): its bitmap would outlive it.
+			return txn.Delete(bKey(m.id))
+		}
 		if !whole {
 			return txn.Set(bKey(m.id), bm)
 		}
-		if cl, ok, err := getClean(txn, m.key); err != nil || !ok || cl.DataID != m.id {
-			return err
-		} else {
+		{
 			cl.Partial = false
 			if err := txn.Set(cKey(m.key), encode(cl)); err != nil {
 				return err

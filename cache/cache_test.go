@@ -1107,3 +1107,23 @@ func TestUploadOnCloseSnapshotsBuildOnEachOther(t *testing.T) {
 		t.Errorf("bucket keys %q: want only log.txt (no conflict copies)", e.mem.Keys())
 	}
 }
+
+// A block bitmap whose data file no record names (its file was dropped
+// while partly cached) is removed at the next start.
+func TestStartDropsOrphanBlockBitmaps(t *testing.T) {
+	e := newEnv(t, nil)
+	if err := e.c.update(func(txn *badger.Txn) error {
+		return txn.Set(bKey(0xdead), []byte(`{"n":1,"bits":"AQ=="}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	e.open()
+	err := e.c.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(bKey(0xdead))
+		return err
+	})
+	if !errors.Is(err, badger.ErrKeyNotFound) {
+		t.Errorf("orphan bitmap after restart: %v, want it gone", err)
+	}
+}

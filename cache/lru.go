@@ -36,6 +36,7 @@ func newLRU(c *Cache) *lru { return &lru{c: c, files: map[uint64]*lruFile{}} }
 // record refers to (left by a crash between writing a file and its record).
 func (l *lru) load() error {
 	live := map[uint64]bool{}
+	var bitmaps []string // b/<id> keys, dropped below when no record names the id
 	err := l.c.db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
 		it := txn.NewIterator(opts)
@@ -62,12 +63,25 @@ func (l *lru) load() error {
 					return fmt.Errorf("%s: %w", k, err)
 				}
 				live[r.DataID] = true
+			case strings.HasPrefix(k, "b/"):
+				bitmaps = append(bitmaps, k)
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("reading cache index: %w", err)
+	}
+	// A block bitmap outlives its file when the file was dropped while
+	// partly cached (a replaced version still open, say): drop it.
+	for _, k := range bitmaps {
+		var id uint64
+		if _, err := fmt.Sscanf(k, "b/%x", &id); err == nil && live[id] {
+			continue
+		}
+		if err := l.c.db.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(k)) }); err != nil {
+			return fmt.Errorf("dropping the orphan block map %s: %w", k, err)
+		}
 	}
 	ents, err := os.ReadDir(l.c.dataDir)
 	if err != nil {
