@@ -14,14 +14,30 @@ func benchEnv(b *testing.B) *testEnv {
 	return newEnv(b, func(o *Options) { o.WritebackDelay = never })
 }
 
-func BenchmarkCreateRelease(b *testing.B) {
+func benchKey(i int) string { return fmt.Sprintf("d/f%07d", i) }
+
+// listed puts n objects in the bucket, as another machine would.
+func listed(e *testEnv, n int) {
+	for i := 0; i < n; i++ {
+		e.setRemote(benchKey(i), "x")
+	}
+}
+
+// benchWrite times create, write of data (if any), close, as
+// `cp` of small files does.
+func benchWrite(b *testing.B, data []byte) {
 	e := benchEnv(b)
 	ctx := ctxT(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		h, err := e.c.Create(ctx, fmt.Sprintf("d/f%07d", i), fileAttr, false)
+		h, err := e.c.Create(ctx, benchKey(i), fileAttr, false)
 		if err != nil {
 			b.Fatal(err)
+		}
+		if len(data) > 0 {
+			if _, err := h.WriteAt(data, 0); err != nil {
+				b.Fatal(err)
+			}
 		}
 		if err := h.Flush(ctx); err != nil {
 			b.Fatal(err)
@@ -30,50 +46,47 @@ func BenchmarkCreateRelease(b *testing.B) {
 	}
 }
 
+// benchLookups times lookups of the n keys of e, round robin.
+func benchLookups(b *testing.B, e *testEnv, n int) {
+	ctx := ctxT(b)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := e.c.Lookup(ctx, benchKey(i%n)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkCreateRelease(b *testing.B)  { benchWrite(b, nil) }
+func BenchmarkSmallFileWrite(b *testing.B) { benchWrite(b, make([]byte, 64<<10)) }
+
 func BenchmarkLookupPending(b *testing.B) {
 	e := benchEnv(b)
 	const n = 2000
 	for i := 0; i < n; i++ {
-		e.create(fmt.Sprintf("d/f%07d", i), "")
+		e.create(benchKey(i), "")
 	}
-	ctx := ctxT(b)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := e.c.Lookup(ctx, fmt.Sprintf("d/f%07d", i%n)); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchLookups(b, e, n)
 }
 
 func BenchmarkLookupListed(b *testing.B) {
 	e := benchEnv(b)
 	const n = 2000
-	for i := 0; i < n; i++ {
-		e.setRemote(fmt.Sprintf("d/f%07d", i), "x")
-	}
-	ctx := ctxT(b)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := e.c.Lookup(ctx, fmt.Sprintf("d/f%07d", i%n)); err != nil {
-			b.Fatal(err)
-		}
-	}
+	listed(e, n)
+	benchLookups(b, e, n)
 }
 
 func BenchmarkRenameListed(b *testing.B) {
 	e := benchEnv(b)
-	for i := 0; i < b.N; i++ {
-		e.setRemote(fmt.Sprintf("d/f%07d", i), "x")
-	}
+	listed(e, b.N)
 	ctx := ctxT(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		from := fmt.Sprintf("d/f%07d", i)
-		ent, err := e.c.Lookup(ctx, from)
+		ent, err := e.c.Lookup(ctx, benchKey(i))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := e.c.Rename(ctx, from, fmt.Sprintf("d/g%07d", i), ent); err != nil {
+		if err := e.c.Rename(ctx, benchKey(i), fmt.Sprintf("d/g%07d", i), ent); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -81,13 +94,11 @@ func BenchmarkRenameListed(b *testing.B) {
 
 func BenchmarkRemoveListed(b *testing.B) {
 	e := benchEnv(b)
-	for i := 0; i < b.N; i++ {
-		e.setRemote(fmt.Sprintf("d/f%07d", i), "x")
-	}
+	listed(e, b.N)
 	ctx := ctxT(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := e.c.Remove(ctx, fmt.Sprintf("d/f%07d", i)); err != nil {
+		if err := e.c.Remove(ctx, benchKey(i)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -95,9 +106,7 @@ func BenchmarkRemoveListed(b *testing.B) {
 
 func BenchmarkList2000(b *testing.B) {
 	e := benchEnv(b)
-	for i := 0; i < 2000; i++ {
-		e.setRemote(fmt.Sprintf("d/f%07d", i), "x")
-	}
+	listed(e, 2000)
 	ctx := ctxT(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -105,25 +114,5 @@ func BenchmarkList2000(b *testing.B) {
 		if err != nil || len(ents) != 2000 {
 			b.Fatal(len(ents), err)
 		}
-	}
-}
-
-func BenchmarkSmallFileWrite(b *testing.B) {
-	e := benchEnv(b)
-	ctx := ctxT(b)
-	buf := make([]byte, 64<<10)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		h, err := e.c.Create(ctx, fmt.Sprintf("d/f%07d", i), fileAttr, false)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := h.WriteAt(buf, 0); err != nil {
-			b.Fatal(err)
-		}
-		if err := h.Flush(ctx); err != nil {
-			b.Fatal(err)
-		}
-		h.Release()
 	}
 }

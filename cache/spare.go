@@ -72,17 +72,13 @@ func (s *spares) fill() {
 // take returns an empty data file: a spare if one is ready, else a new one.
 func (s *spares) take() (spareFile, error) {
 	select {
+	case s.kick <- struct{}{}: // one taken or missing: refill
+	default:
+	}
+	select {
 	case sf := <-s.ch:
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
 		return sf, nil
 	default:
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
 		return s.c.createDataFile()
 	}
 }
