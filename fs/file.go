@@ -158,9 +158,6 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, 
 	}
 	f.mu.Lock()
 	stale := f.replacedWhileOpenLocked(e)
-	if stale {
-		f.superseded = true
-	}
 	f.mu.Unlock()
 	if stale {
 		// The kernel retries an open that fails with ESTALE once, with a
