@@ -102,6 +102,9 @@ type Cache struct {
 	// downAt is when the backend last failed as unavailable (UnixNano),
 	// 0 once it answers again.
 	downAt atomic.Int64
+	// fgAt is when the file system last served an application request
+	// (UnixNano; see pace.go).
+	fgAt atomic.Int64
 
 	skippedOnce sync.Map
 	stats       Stats

@@ -176,6 +176,12 @@ func (u *uploader) next() (string, bool) {
 				wait = top.at.Sub(now)
 				break
 			}
+			if u.pacedLocked(top, now) {
+				// Look again soon: nothing wakes the workers when the
+				// foreground goes quiet.
+				wait = min(wait, paceIdle/2)
+				break
+			}
 			heap.Pop(&u.q)
 			if u.busy[top.key] {
 				// Someone is uploading it; look again shortly.
