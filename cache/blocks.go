@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
 
 	"github.com/mediafs/mediafs/backend"
 )
@@ -58,6 +59,9 @@ const (
 	// per file (a read that needs a block always gets its GET).
 	readAhead = 16
 	maxRuns   = 4
+	// dropLag: a sequential reader's blocks this far behind it leave the
+	// data file's page cache (see dropBehind).
+	dropLag = 2
 	// seqSlack: a read starting this close to where the previous reads
 	// ended continues them. The kernel's read-ahead sends several READs
 	// at once, and they reach the map in any order.
@@ -90,8 +94,12 @@ type blockMap struct {
 	sem      chan struct{} // bounds the GETs in flight
 	// waiting are the reads waiting for bytes of a run.
 	waiting []*waiter
-	// nextOff is where the last reads ended (-1 before the first).
+	// nextOff is where the last reads ended (-1 before the first); seq
+	// is set while the reads continue each other; blocks below dropped
+	// have left the data file's page cache (see dropBehind).
 	nextOff int64
+	seq     bool
+	dropped int
 	// order lists the present blocks oldest first, for the per-file
 	// budget; punched counts hole punches and punchedAt[b] is the count
 	// at b's last one.
@@ -366,6 +374,7 @@ func (m *blockMap) readOnce(ctx context.Context, p []byte, off int64) (int, bool
 // last to fetch ahead.
 func (m *blockMap) aheadLocked(off, end int64, first, last int) int {
 	cont := m.nextOff >= 0 && off >= m.nextOff-seqSlack && off <= m.nextOff+seqSlack
+	m.seq = cont
 	switch {
 	case cont:
 		m.nextOff = max(m.nextOff, end)
@@ -635,6 +644,7 @@ func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 				}
 				if complete {
 					m.save()
+					m.dropBehind(pos)
 				}
 			}
 			if err != nil {
@@ -694,6 +704,41 @@ func (m *blockMap) advance(b0 int, fs []*blockFetch, pos int64, done *int) (comp
 	}
 	m.wakeLocked(false)
 	return complete, true
+}
+
+// dropBehind runs when the block ending at pos is whole. Read through the
+// daemon, a block sits in two page caches: the mount's (the kernel keeps
+// what a READ returned, and FOPEN_KEEP_CACHE keeps it between opens) and
+// the data file's. The second copy is of no use to a sequential reader
+// once it is past, and filling fresh pages is what costs most in a cold
+// read (the copy into the data file took half the daemon's CPU, more in a
+// VM whose host reclaims the guest's free memory). So the block's
+// write-out starts now, and the reader's blocks dropLag behind it, long
+// written, leave the data file's page cache: the next blocks reuse those
+// pages while they are warm, and the data is cached in memory once. A
+// later read of them (after the mount's pages were reclaimed, or through
+// passthrough once the file is whole) reads the cache disk.
+func (m *blockMap) dropBehind(pos int64) {
+	fd := int(m.f.Fd())
+	b := int((pos - 1) / blockSize)
+	bStart := int64(b) * blockSize
+	unix.SyncFileRange(fd, bStart, pos-bStart, unix.SYNC_FILE_RANGE_WRITE)
+	m.mu.Lock()
+	from, upto := m.dropped, int(m.nextOff/blockSize)-dropLag
+	if !m.seq || m.detached || upto <= from {
+		if upto < from {
+			m.dropped = max(upto, 0) // it went back: drop again from there
+		}
+		m.mu.Unlock()
+		return
+	}
+	m.dropped = upto
+	m.mu.Unlock()
+	// Only clean pages can go: their write-out, started when each block
+	// became whole, is waited for (long done by now, as a rule).
+	off, n := int64(from)*blockSize, int64(upto-from)*blockSize
+	unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+	unix.Fadvise(fd, off, n, unix.FADV_DONTNEED)
 }
 
 // save stores the bitmap as it is now.

@@ -11,8 +11,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
 
 	"github.com/mediafs/mediafs/backend"
 	"github.com/mediafs/mediafs/backend/backendtest"
@@ -392,5 +394,66 @@ func TestBlockCloseStopsTheReadAhead(t *testing.T) {
 	}
 	for off := int64(0); off < int64(len(obj)); off += 1 << 20 {
 		readAt(t, h, obj, off, 1<<20)
+	}
+}
+
+// residentBytes is how much of the file at path is in the page cache.
+func residentBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	page := os.Getpagesize()
+	vec := make([]byte, (len(m)+page-1)/page)
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	var n int64
+	for _, v := range vec {
+		if v&1 != 0 {
+			n += int64(page)
+		}
+	}
+	return n
+}
+
+// What a sequential reader has read leaves the data file's page cache
+// (the mount's page cache holds it): a cold read does not cache the file
+// in memory twice. The bytes stay on disk, whole.
+func TestBlockSequentialReadDropsWhatItReadFromThePageCache(t *testing.T) {
+	obj := bigObject(32 * blockSize)
+	e, _ := blockEnv(t, obj, nil)
+	h := e.openRead("big.bin")
+	for off := int64(0); off < int64(len(obj)); off += 1 << 20 {
+		readAt(t, h, obj, off, 1<<20)
+	}
+	path := h.blocks.f.Name()
+	// Dropped once the last runs finished behind the reader.
+	waitFor(t, 5*time.Second, "the read-ahead to finish", func() bool { return h.blocks.complete() })
+	if n := residentBytes(t, path); n > int64(len(obj))/2 {
+		t.Errorf("%d MiB of the %d MiB data file still in the page cache after a sequential read", n>>20, len(obj)>>20)
+	}
+	h.Release()
+	got, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(got, obj) {
+		t.Fatalf("data file after the read: err=%v, bytes right=%v", err, bytes.Equal(got, obj))
+	}
+	// A random reader keeps its pages: it may read them again.
+	e2, _ := blockEnv(t, obj, nil)
+	h2 := e2.openRead("big.bin")
+	defer h2.Release()
+	for _, b := range []int64{20, 3, 11, 27, 7, 15} {
+		readAt(t, h2, obj, b*blockSize+100, 1<<20)
+	}
+	if n := residentBytes(t, h2.blocks.f.Name()); n < 6<<20 {
+		t.Errorf("random reads left only %d KiB of their blocks in the page cache", n>>10)
 	}
 }

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,116 +12,111 @@ import (
 	"github.com/mediafs/mediafs/backend/backendtest"
 )
 
-// While the file system serves requests, at most paceStreams uploads run;
-// once it is quiet, every worker does.
-func TestUploadsArePacedWhileTheFileSystemIsBusy(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.UploadConcurrency = 8 })
-	var inFlight, peakBusy, peakIdle atomic.Int32
-	var busyPhase atomic.Bool
-	e.mem.SetHook(func(ctx context.Context, c backendtest.Call) error {
-		if c.Method != backendtest.Put {
-			return nil
-		}
-		n := inFlight.Add(1)
-		defer inFlight.Add(-1)
-		peak := &peakIdle
-		if busyPhase.Load() {
-			peak = &peakBusy
-		}
-		for {
-			p := peak.Load()
-			if n <= p || peak.CompareAndSwap(p, n) {
-				break
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-		return nil
-	})
-	// The application keeps the file system busy while 24 files become due.
-	busyPhase.Store(true)
-	stop := make(chan struct{})
+// keepBusy calls Foreground every millisecond, as the fs layer does while
+// an application makes changes, until the returned func is called.
+func keepBusy(c *Cache) (stop func()) {
+	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
 			select {
-			case <-stop:
+			case <-done:
 				return
 			default:
-				e.c.Foreground()
+				c.Foreground()
 				time.Sleep(time.Millisecond)
 			}
 		}
 	}()
-	for i := range 24 {
-		e.create(fmt.Sprintf("busy/%02d", i), "x")
-	}
-	waitFor(t, 5*time.Second, "some uploads while busy", func() bool {
-		return e.c.stats.Uploads.Load() >= 6
-	})
-	if p := peakBusy.Load(); p > paceStreams {
-		t.Errorf("%d uploads ran at once while the file system was busy, want at most %d", p, paceStreams)
-	}
-	if got := e.pending(); got == 0 {
-		t.Fatalf("all uploads finished while busy: the test did not exercise pacing")
-	}
-	close(stop)
-	wg.Wait()
-	busyPhase.Store(false)
-	time.Sleep(2 * paceIdle)
-	for i := range 24 {
-		e.create(fmt.Sprintf("idle/%02d", i), "x")
-	}
-	e.drain()
-	if p := peakIdle.Load(); p < 4 {
-		t.Errorf("at most %d uploads ran at once while idle, want up to 8", p)
-	}
-	for i := range 24 {
-		for _, d := range []string{"busy", "idle"} {
-			if _, data := e.stored(fmt.Sprintf("%s/%02d", d, i)); data != "x" {
-				t.Errorf("%s/%02d in the bucket holds %q", d, i, data)
+	return func() { close(done); wg.Wait() }
+}
+
+// countPuts records how many uploads ran at once at most.
+func countPuts(m *backendtest.Mem, d time.Duration) (peak *atomic.Int32) {
+	var inFlight atomic.Int32
+	peak = &atomic.Int32{}
+	m.SetHook(func(ctx context.Context, c backendtest.Call) error {
+		if c.Method != backendtest.Put {
+			return nil
+		}
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
 			}
+		}
+		time.Sleep(d)
+		return nil
+	})
+	return peak
+}
+
+// No upload starts while the application makes changes; once it stops,
+// they all go, in parallel.
+func TestUploadsWaitWhileTheApplicationWrites(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.UploadConcurrency = 8 })
+	peak := countPuts(e.mem, 20*time.Millisecond)
+	stop := keepBusy(e.c)
+	for i := range 24 {
+		e.create(fmt.Sprintf("d/%02d", i), "x")
+	}
+	time.Sleep(300 * time.Millisecond) // all due (10 ms delay) meanwhile
+	if n := e.mem.Calls()[backendtest.Put]; n != 0 {
+		t.Errorf("%d uploads started while the application was writing", n)
+	}
+	stop()
+	start := time.Now()
+	waitFor(t, 5*time.Second, "all uploads", func() bool { return e.pending() == 0 })
+	if d := time.Since(start); d > paceMaxLag/2 {
+		t.Errorf("uploads took %v after the application stopped", d)
+	}
+	if p := peak.Load(); p < 4 {
+		t.Errorf("at most %d uploads ran at once once quiet, want up to 8", p)
+	}
+	for i := range 24 {
+		if _, data := e.stored(fmt.Sprintf("d/%02d", i)); data != "x" {
+			t.Errorf("d/%02d in the bucket holds %q", i, data)
 		}
 	}
 }
 
-// An upload overdue by paceMaxLag runs however busy the file system is.
-func TestPacedUploadsStillGoOnceOverdue(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.UploadConcurrency = 8 })
-	release := make(chan struct{})
-	e.mem.SetHook(func(ctx context.Context, c backendtest.Call) error {
-		if c.Method == backendtest.Put && c.Key[:4] == "slow" {
-			<-release // two uploads that never end keep the pace full
-		}
-		return nil
-	})
-	defer close(release)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				e.c.Foreground()
-				time.Sleep(time.Millisecond)
-			}
-		}
-	}()
-	e.create("slow1", "a")
-	e.create("slow2", "b")
-	waitFor(t, 5*time.Second, "the two slow uploads to start", func() bool {
-		return e.mem.Calls()[backendtest.Put] >= 2
-	})
+// Holding back is bounded: an upload overdue by paceMaxLag starts however
+// busy the file system is, and the data of an O_EXCL create is never held.
+func TestHeldBackUploadsStartOnceOverdueAndClaimsAtOnce(t *testing.T) {
+	e := newEnv(t, nil)
+	countPuts(e.mem, 0)
+	stop := keepBusy(e.c)
+	defer stop()
 	start := time.Now()
-	e.create("fast", "c")
-	waitFor(t, 10*time.Second, "the paced upload", func() bool {
-		_, data, ok := e.mem.Object("fast")
-		return ok && string(data) == "c"
+	e.create("plain", "a")
+	h, err := e.c.Create(ctxT(t), "claimed", fileAttr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.write(h, "b", 0)
+	e.closeHandle(h)
+	waitFor(t, 5*time.Second, "the claimed file's data", func() bool {
+		_, data, ok := e.mem.Object("claimed")
+		return ok && string(data) == "b"
+	})
+	if d := time.Since(start); d > paceMaxLag/2 {
+		t.Errorf("the claimed file's data went up after %v: held back", d)
+	}
+	if _, _, ok := e.mem.Object("plain"); ok {
+		t.Errorf("plain was uploaded at once while the application was writing")
+	}
+	waitFor(t, 10*time.Second, "the held-back upload", func() bool {
+		_, data, ok := e.mem.Object("plain")
+		return ok && string(data) == "a"
 	})
 	if d := time.Since(start); d < paceMaxLag-200*time.Millisecond {
-		t.Errorf("uploaded after %v while two uploads ran and the file system was busy: not paced", d)
+		t.Errorf("plain went up after %v while the application was writing, want about %v", d, paceMaxLag)
+	}
+	if strings.Contains(e.journal(), "plain") {
+		t.Errorf("journal still holds plain: %s", e.journal())
 	}
 }

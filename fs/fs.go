@@ -165,7 +165,12 @@ func (f *FS) probePassthrough(srv *fuse.Server) {
 
 // observe reports one operation; use as defer f.observe("op", time.Now(), &errno).
 func (f *FS) observe(op string, start time.Time, errno *syscall.Errno) {
-	f.c.Foreground()
+	switch op {
+	case "lookup", "readdir", "open", "read":
+	default:
+		// A change: uploads wait until they stop (cache/pace.go).
+		f.c.Foreground()
+	}
 	if f.o.Observe != nil {
 		f.o.Observe(op, time.Since(start), *errno)
 	}
