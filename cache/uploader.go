@@ -24,14 +24,14 @@ import (
 type uploader struct {
 	c *Cache
 
-	mu       sync.Mutex
-	q        dueHeap
-	due      map[string]time.Time // latest due time per queued key
-	busy     map[string]bool
-	fails    map[string]int
-	waiters  map[string][]chan struct{}
+	mu      sync.Mutex
+	q       dueHeap
+	due     map[string]time.Time // latest due time per queued key
+	busy    map[string]bool
+	fails   map[string]int
+	waiters map[string][]chan struct{}
 	// urgent keys are uploaded at once, never paced (see pace.go).
-	urgent map[string]bool
+	urgent   map[string]bool
 	draining bool
 	// One idle worker, the keeper, sleeps until the next due time (tick
 	// wakes it early); the others wait for wake. Sixteen workers on one
