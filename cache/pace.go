@@ -44,3 +44,23 @@ func (u *uploader) pacedLocked(top dueItem, now time.Time) bool {
 	}
 	return now.Sub(top.at) < paceMaxLag && u.c.busy(now)
 }
+
+// unpacedDueLocked returns a due key that is never held back (see
+// pacedLocked) and not being uploaded, or "". u.mu is held.
+func (u *uploader) unpacedDueLocked(now time.Time) string {
+	ready := func(k string) bool {
+		at, ok := u.due[k]
+		return ok && !at.After(now) && !u.busy[k]
+	}
+	for k := range u.urgent {
+		if ready(k) {
+			return k
+		}
+	}
+	for k := range u.waiters {
+		if ready(k) {
+			return k
+		}
+	}
+	return ""
+}

@@ -197,6 +197,14 @@ func (u *uploader) next() (string, bool) {
 				break
 			}
 			if u.pacedLocked(top, now) {
+				// What is never held back may be queued behind it.
+				if k := u.unpacedDueLocked(now); k != "" {
+					delete(u.due, k) // its heap entry is superseded now
+					delete(u.urgent, k)
+					u.busy[k] = true
+					claimed = k
+					break
+				}
 				// Look again soon: nothing wakes the workers when the
 				// foreground goes quiet.
 				wait = min(wait, paceIdle/2)

@@ -167,7 +167,11 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fh gofs.FileHandle, 
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	h, err := f.fsys.c.Open(ctx, key, e, cache.OpenFlags{Write: write, Trunc: write && flags&syscall.O_TRUNC != 0})
 	if err != nil {
-		return nil, 0, toErrno(err)
+		errno = toErrno(err)
+		if errno == syscall.EIO {
+			f.fsys.log.Warn("open failed", "key", key, "err", err)
+		}
+		return nil, 0, errno
 	}
 	// Keep the kernel's page cache while the object is the version it
 	// cached; a new ETag (changed here or on another machine) drops it.
@@ -253,6 +257,9 @@ func (fh *fileHandle) Write(ctx context.Context, data []byte, off int64) (writte
 // Flush implements gofs.FileFlusher; it runs on every close(2).
 func (fh *fileHandle) Flush(ctx context.Context) (errno syscall.Errno) {
 	defer fh.fsys.observe("flush", time.Now(), &errno)
+	if fh.h.Writable() {
+		fh.fsys.c.Foreground()
+	}
 	return toErrno(fh.h.Flush(ctx))
 }
 

@@ -166,7 +166,9 @@ func (f *FS) probePassthrough(srv *fuse.Server) {
 // observe reports one operation; use as defer f.observe("op", time.Now(), &errno).
 func (f *FS) observe(op string, start time.Time, errno *syscall.Errno) {
 	switch op {
-	case "lookup", "readdir", "open", "read":
+	case "lookup", "readdir", "open", "read", "flush":
+		// (A writer's flush is noted by Flush: a read-only close is no
+		// change.)
 	default:
 		// A change: uploads wait until they stop (cache/pace.go).
 		f.c.Foreground()
