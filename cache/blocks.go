@@ -367,6 +367,7 @@ func (m *blockMap) readOnce(ctx context.Context, p []byte, off int64) (int, bool
 	m.mu.Lock()
 	retry := m.punched != punched && m.anyPunchedLocked(first, last, punched)
 	m.mu.Unlock()
+	m.dropBehind()
 	return n, retry, err
 }
 
@@ -644,7 +645,7 @@ func (m *blockMap) fetchRun(b0 int, fs []*blockFetch, done *int) error {
 				}
 				if complete {
 					m.save()
-					m.dropBehind(pos)
+					m.writeOut(b0 + *done - 1)
 				}
 			}
 			if err != nil {
@@ -706,23 +707,30 @@ func (m *blockMap) advance(b0 int, fs []*blockFetch, pos int64, done *int) (comp
 	return complete, true
 }
 
-// dropBehind runs when the block ending at pos is whole. Read through the
-// daemon, a block sits in two page caches: the mount's (the kernel keeps
-// what a READ returned, and FOPEN_KEEP_CACHE keeps it between opens) and
-// the data file's. The second copy is of no use to a sequential reader
-// once it is past, and filling fresh pages is what costs most in a cold
-// read (the copy into the data file took half the daemon's CPU, more in a
-// VM whose host reclaims the guest's free memory). So the block's
-// write-out starts now, and the reader's blocks dropLag behind it, long
-// written, leave the data file's page cache: the next blocks reuse those
-// pages while they are warm, and the data is cached in memory once. A
-// later read of them (after the mount's pages were reclaimed, or through
-// passthrough once the file is whole) reads the cache disk.
-func (m *blockMap) dropBehind(pos int64) {
-	fd := int(m.f.Fd())
-	b := int((pos - 1) / blockSize)
-	bStart := int64(b) * blockSize
-	unix.SyncFileRange(fd, bStart, pos-bStart, unix.SYNC_FILE_RANGE_WRITE)
+// Drop-behind. Read through the daemon, a block sits in two page caches:
+// the mount's (the kernel keeps what a READ returned, and
+// FOPEN_KEEP_CACHE keeps it between opens) and the data file's. The
+// second copy is of no use to a sequential reader once it is past, and
+// filling fresh pages is what costs most in a cold read (the copy into
+// the data file took half the daemon's CPU, more in a VM whose host
+// reclaims the guest's free memory). So a block's write-out starts as
+// soon as it is whole, and the blocks a sequential reader has left
+// dropLag behind, long written, leave the data file's page cache: the
+// next blocks reuse those pages while they are warm, and the data is
+// cached in memory once. A later read of them (after the mount's pages
+// were reclaimed, or through passthrough once the file is whole) reads
+// the cache disk.
+
+// writeOut starts writing block b, just made whole, to disk. It does not
+// wait: the run goes on streaming.
+func (m *blockMap) writeOut(b int) {
+	unix.SyncFileRange(int(m.f.Fd()), int64(b)*blockSize, m.blockLen(b), unix.SYNC_FILE_RANGE_WRITE)
+}
+
+// dropBehind drops the blocks a sequential reader has left dropLag
+// behind. It runs after each read, in the reader's request: a close
+// waits for the runs, so they must not wait for the disk.
+func (m *blockMap) dropBehind() {
 	m.mu.Lock()
 	from, upto := m.dropped, int(m.nextOff/blockSize)-dropLag
 	if !m.seq || m.detached || upto <= from {
@@ -736,6 +744,7 @@ func (m *blockMap) dropBehind(pos int64) {
 	m.mu.Unlock()
 	// Only clean pages can go: their write-out, started when each block
 	// became whole, is waited for (long done by now, as a rule).
+	fd := int(m.f.Fd())
 	off, n := int64(from)*blockSize, int64(upto-from)*blockSize
 	unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
 	unix.Fadvise(fd, off, n, unix.FADV_DONTNEED)

@@ -638,13 +638,13 @@ func (c *Cache) journalPut(it *Item, size int64, mtime time.Time) (uint64, error
 	if oldData != 0 {
 		c.dropData(oldData)
 	}
-	delay := c.o.WritebackDelay
 	if it.excl && it.base != "" {
 		// Other machines see the empty claim object until the data is
-		// there: upload without the write-back delay.
-		delay = 0
+		// there: upload without the write-back delay, never held back.
+		c.up.enqueueUrgent(it.key)
+	} else {
+		c.up.enqueue(it.key, c.o.WritebackDelay)
 	}
-	c.up.enqueue(it.key, delay)
 	return gen, nil
 }
 

@@ -161,13 +161,30 @@ func (u *uploader) writerClosed(key string, claimed bool) {
 		return // unchanged (nothing journaled)
 	}
 	if claimed {
-		u.mu.Lock()
-		u.urgent[key] = true
-		u.mu.Unlock()
-		u.enqueue(key, 0)
+		u.enqueueUrgent(key)
 		return
 	}
 	u.enqueue(key, u.c.o.WritebackDelay)
+}
+
+// enqueueUrgent makes key due now, never held back (see pace.go) until
+// it is uploaded.
+func (u *uploader) enqueueUrgent(key string) {
+	u.mu.Lock()
+	u.urgent[key] = true
+	u.mu.Unlock()
+	u.enqueue(key, 0)
+}
+
+// enqueueDep makes dep, which key waits for, due now; if key is never
+// held back, neither is dep.
+func (u *uploader) enqueueDep(key, dep string) {
+	u.mu.Lock()
+	if u.urgent[key] || len(u.waiters[key]) > 0 {
+		u.urgent[dep] = true
+	}
+	u.mu.Unlock()
+	u.enqueue(dep, 0)
 }
 
 // next blocks until a key is due and free, and claims it.
@@ -200,7 +217,6 @@ func (u *uploader) next() (string, bool) {
 				// What is never held back may be queued behind it.
 				if k := u.unpacedDueLocked(now); k != "" {
 					delete(u.due, k) // its heap entry is superseded now
-					delete(u.urgent, k)
 					u.busy[k] = true
 					claimed = k
 					break
@@ -219,7 +235,6 @@ func (u *uploader) next() (string, bool) {
 				continue
 			}
 			delete(u.due, top.key)
-			delete(u.urgent, top.key)
 			u.busy[top.key] = true
 			claimed = top.key
 			break
@@ -296,6 +311,11 @@ func (u *uploader) worker() {
 			}
 		} else {
 			delete(u.fails, key)
+			if _, queued := u.due[key]; !queued && retry == 0 {
+				// Done. (A failure or a retry stays urgent, and so does
+				// a key queued again meanwhile: that may be urgent too.)
+				delete(u.urgent, key)
+			}
 			u.mu.Unlock()
 			if retry > 0 {
 				u.enqueueRetry(key, retry)
@@ -332,6 +352,7 @@ func (u *uploader) waitUploaded(ctx context.Context, key string, gen uint64) err
 		u.mu.Lock()
 		u.waiters[key] = append(u.waiters[key], w)
 		u.mu.Unlock()
+		u.kick() // a held-back scan before the waiter was there looks again
 		r, ok, err := u.c.record(key)
 		if err != nil {
 			return err
@@ -390,7 +411,7 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 		if after, wait, err := c.copyPending(key); err != nil {
 			return 0, err
 		} else if wait {
-			u.enqueue(after, 0)
+			u.enqueueDep(key, after)
 			return time.Second, nil
 		}
 	}
@@ -413,7 +434,7 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 			}
 			if len(below) > 0 {
 				for _, k := range below {
-					u.enqueue(k, 0)
+					u.enqueueDep(key, k)
 				}
 				return time.Second, nil
 			}
@@ -422,7 +443,7 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 			if after, wait, err := c.copyPending(key); err != nil {
 				return 0, err
 			} else if wait {
-				u.enqueue(after, 0)
+				u.enqueueDep(key, after)
 				return time.Second, nil // the copy first
 			}
 		}
