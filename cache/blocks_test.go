@@ -431,6 +431,7 @@ func residentBytes(t *testing.T, path string) int64 {
 func TestBlockSequentialReadDropsWhatItReadFromThePageCache(t *testing.T) {
 	obj := bigObject(32 * blockSize)
 	e, _ := blockEnv(t, obj, nil)
+	onDisk(t, e)
 	h := e.openRead("big.bin")
 	for off := int64(0); off < int64(len(obj)); off += 1 << 20 {
 		readAt(t, h, obj, off, 1<<20)
@@ -448,6 +449,7 @@ func TestBlockSequentialReadDropsWhatItReadFromThePageCache(t *testing.T) {
 	}
 	// A random reader keeps its pages: it may read them again.
 	e2, _ := blockEnv(t, obj, nil)
+	onDisk(t, e2)
 	h2 := e2.openRead("big.bin")
 	defer h2.Release()
 	for _, b := range []int64{20, 3, 11, 27, 7, 15} {
@@ -456,4 +458,37 @@ func TestBlockSequentialReadDropsWhatItReadFromThePageCache(t *testing.T) {
 	if n := residentBytes(t, h2.blocks.f.Name()); n < 6<<20 {
 		t.Errorf("random reads left only %d KiB of their blocks in the page cache", n>>10)
 	}
+}
+
+// onDisk moves e's cache to a disk-backed directory if the temporary
+// directory is a tmpfs (as /tmp is on some distributions): the pages of a
+// tmpfs file are its storage, so they never leave the page cache.
+func onDisk(t *testing.T, e *testEnv) {
+	t.Helper()
+	tmpfs := func(dir string) bool {
+		var st unix.Statfs_t
+		return unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC
+	}
+	if !tmpfs(e.dir) {
+		return
+	}
+	d, err := os.MkdirTemp(".", "testcache-") // the package directory
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Before newEnv's cleanup (they run last first): closed, then
+		// removed.
+		if e.c != nil {
+			e.c.Close()
+			e.c = nil
+		}
+		os.RemoveAll(d)
+	})
+	if tmpfs(d) {
+		t.Skip("no disk-backed directory for the cache: the temporary directory and the package directory are tmpfs")
+	}
+	e.close()
+	e.dir = d
+	e.open()
 }
