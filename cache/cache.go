@@ -92,6 +92,7 @@ type Cache struct {
 
 	lru  *lru
 	up   *uploader
+	pf   *prefetcher
 	feed *feed // nil without a change feed
 
 	// instance names this cache (random, kept in the journal database):
@@ -116,6 +117,8 @@ type Stats struct {
 	Uploads, UploadBytes, UploadFailures, Deletes, Copies atomic.Int64
 	Conflicts, Evictions, CacheHits, CacheMisses          atomic.Int64
 	SkippedKeys                                           atomic.Int64
+	// Prefetches counts files the directory read-ahead fetched.
+	Prefetches atomic.Int64
 }
 
 // Open opens (or creates) the cache in o.Dir, replays the journal and
@@ -223,6 +226,7 @@ func Open(o Options) (*Cache, error) {
 		c.log.Info("resuming pending uploads from the journal", "count", n, "bytes", bytes)
 	}
 	c.spares = newSpares(c)
+	c.pf = newPrefetcher(c)
 	c.up.start()
 	c.guard.start()
 	return c, nil
@@ -237,6 +241,7 @@ func (c *Cache) Drain(ctx context.Context) (left int, bytes int64) {
 // Close stops the workers and closes the journal. Pending work stays in
 // the journal for the next start.
 func (c *Cache) Close() error {
+	c.pf.stop()
 	c.feed.stop()
 	c.up.stop()
 	c.spares.stop()

@@ -99,6 +99,8 @@ type OpenFlags struct {
 	Write, Trunc, Create, Excl bool
 	// Attr for a created file.
 	Attr Attr
+	// prefetch marks the directory read-ahead's own opens (prefetch.go).
+	prefetch bool
 }
 
 // Open opens key for reading or writing. e is the entry the file system
@@ -125,6 +127,9 @@ func (c *Cache) Open(ctx context.Context, key string, e Entry, fl OpenFlags) (*H
 		}
 		if errors.Is(err, errStaleItem) {
 			continue // set aside: the next round makes a new item
+		}
+		if err == nil && !fl.Write && !fl.Create && !fl.prefetch && !e.Pending && e.ETag != "" {
+			c.pf.opened(key)
 		}
 		return h, err
 	}
@@ -169,6 +174,8 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 		if err := c.fill(ctx, it, e, fl); err != nil {
 			return nil, err
 		}
+	} else if !fl.Write {
+		c.stats.CacheHits.Add(1) // open already, or just read ahead
 	}
 	if fl.Write && it.blocks != nil {
 		// Writing needs the whole object locally.
@@ -213,8 +220,6 @@ func (c *Cache) openItem(ctx context.Context, it *Item, e Entry, fl OpenFlags) (
 		if fl.Excl {
 			it.excl = true
 		}
-	} else {
-		c.stats.CacheHits.Add(1)
 	}
 	if h.blocks != nil || it.cachedIO > 0 {
 		h.cachedIO = true
@@ -256,6 +261,9 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 		}
 		it.f, it.attr, it.base, it.excl = f, rec.Attr, rec.BaseETag, rec.Excl
 		it.id.Store(rec.DataID)
+		if !fl.Write {
+			c.stats.CacheHits.Add(1)
+		}
 		return nil
 	case hasRec && rec.Op == OpCopy:
 		// Renamed or re-attributed, not copied yet: the bytes are at Src.
@@ -338,7 +346,9 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 				it.blocks.setGroup(&it.fetches)
 				it.blocks.mtime = e.Attr.Mtime
 			}
-			c.stats.CacheHits.Add(1)
+			if !fl.prefetch {
+				c.stats.CacheHits.Add(1)
+			}
 			return nil
 		}
 	}
@@ -347,7 +357,11 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 		c.update(func(txn *badger.Txn) error { return txn.Delete(cKey(key)) })
 		c.dropData(cl.DataID)
 	}
-	c.stats.CacheMisses.Add(1)
+	if fl.prefetch {
+		c.stats.Prefetches.Add(1)
+	} else {
+		c.stats.CacheMisses.Add(1)
+	}
 	if fl.Write && fl.Trunc {
 		return c.newData(it, e.Attr, e.ETag, false)
 	}

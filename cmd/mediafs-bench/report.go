@@ -192,7 +192,7 @@ func (b *bench) report(info *machine, targets []*target, raws map[int]*target, w
 		}
 		fmt.Fprintln(&w)
 	}
-	fmt.Fprintf(&w, "\n↓ lower is better. raw = minio-go straight to MinIO, N streams: small PUT/GET with N workers; the large PUT is one multipart upload (16 MiB parts, N threads), the large GET N ranged GETs in parallel (the same figure stands in both sequential read rows).\n\n")
+	fmt.Fprintf(&w, "\n↓ lower is better. raw = minio-go straight to MinIO, N streams: small PUT/GET with N workers; the large PUT is one multipart upload (16 MiB parts, N threads), the large GET N ranged GETs in parallel. Every raw GET in a cold row follows a page-cache drop, as the mounts' cold reads do (\"server cold\": the co-located MinIO reads its disk); the warm sequential read row has the GET with MinIO's data still in memory.\n\n")
 
 	fmt.Fprintf(&w, "## mediafs relative to the others\n\n")
 	fmt.Fprintf(&w, "Ratio = how much better mediafs is: mediafs/other for rates, other/mediafs for times and RSS; >1 means mediafs wins, 0.8 means 20%% worse.\n\n")

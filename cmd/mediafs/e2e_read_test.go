@@ -557,3 +557,56 @@ func TestMountFailsFastWithAClearMessage(t *testing.T) {
 		})
 	}
 }
+
+// A program reading a directory's files in order (a thumbnailer, rsync, a
+// backup) gets the next small files fetched ahead; what it reads is still
+// each object's bytes, and a file replaced in the bucket after it was read
+// ahead shows its new bytes.
+func TestReadingADirectoryInOrderReadsAheadAndStaysCorrect(t *testing.T) {
+	e := newEnv(t)
+	const n = 40
+	want := make([][]byte, n)
+	for i := range want {
+		want[i] = seededBytes(int64(i), 20000+i*100)
+		e.putObject(t, fmt.Sprintf("album/img%03d.jpg", i), want[i], nil)
+	}
+	addr := opsFreeAddr(t)
+	m := e.mount(t, "--metrics-addr", addr)
+	opsWaitCode(t, "http://"+addr+"/healthz", 200, 5*time.Second)
+	names := lsNames(t, m.path("album"))
+	if len(names) != n {
+		t.Fatalf("album lists %d names, want %d", len(names), n)
+	}
+	for i, name := range names {
+		if name != fmt.Sprintf("img%03d.jpg", i) {
+			t.Fatalf("name %d is %s", i, name)
+		}
+		if got := readFile(t, m.path("album/"+name)); !bytes.Equal(got, want[i]) {
+			t.Fatalf("%s: %d bytes (sha %s), want %d (sha %s)", name, len(got), sha(got)[:12], len(want[i]), sha(want[i])[:12])
+		}
+		if i == 10 {
+			// Read ahead by now (the window is 8 files): replace one
+			// further on, as another machine would.
+			want[15] = []byte("replaced by another machine")
+			e.putObject(t, "album/img015.jpg", want[15], nil)
+		}
+		if i == 14 {
+			// The change reaches this mount through the change feed or
+			// the listing's expiry; until then the old version is what
+			// it knows of. Then the new bytes, not the read-ahead copy.
+			waitFile(t, m.path("album/img015.jpg"), want[15], 10*time.Second)
+		}
+	}
+	fams, _ := opsScrape(t, addr)
+	pf, _ := opsValue(fams, "mediafs_cache_prefetches_total")
+	miss, _ := opsValue(fams, "mediafs_cache_misses_total")
+	if pf < 8 {
+		t.Errorf("%v files read ahead, %v fetched by opens; want most ahead", pf, miss)
+	}
+	// Each object was fetched once, ahead or by its open, except the
+	// replaced one (twice at most: the old version may have been ahead).
+	if pf+miss < n || pf+miss > n+1 {
+		t.Errorf("%v read ahead + %v fetched by opens for %d objects", pf, miss, n)
+	}
+	m.stop(t)
+}

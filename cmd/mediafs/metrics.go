@@ -60,6 +60,7 @@ func startMetrics(addr string, c *cache.Cache, fsys *fs.FS, st *backend.S3, mnt 
 	counter("cache_evictions_total", "Clean cache files evicted.", s.Evictions.Load)
 	counter("cache_hits_total", "Opens served from the local cache.", s.CacheHits.Load)
 	counter("cache_misses_total", "Opens that fetched from the bucket.", s.CacheMisses.Load)
+	counter("cache_prefetches_total", "Small files fetched ahead of a reader going through a directory in order.", s.Prefetches.Load)
 	counter("skipped_keys_total", "Object keys left out of listings because they cannot be paths.", s.SkippedKeys.Load)
 	counter("feed_events_total", "Other machines' changes applied from the change feed.", func() int64 { return c.FeedStatus().Applied })
 	counter("feed_own_events_total", "This mount's own changes seen on the change feed and skipped.", func() int64 { return c.FeedStatus().Own })
