@@ -499,6 +499,58 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// DeleteMany implements Store with S3's multi-object delete.
+func (s *S3) DeleteMany(ctx context.Context, keys []string) []error {
+	errs := make([]error, len(keys))
+	if len(keys) == 0 {
+		return errs
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout*time.Duration(1+len(keys)/1000))
+	defer cancel()
+	idx := make(map[string][]int, len(keys))
+	ch := make(chan minio.ObjectInfo, len(keys))
+	for i, k := range keys {
+		f := s.full(k)
+		idx[f] = append(idx[f], i)
+		ch <- minio.ObjectInfo{Key: f}
+	}
+	close(ch)
+	answered := make([]bool, len(keys))
+	var whole error // a failure of a whole request
+	for r := range s.c.RemoveObjectsWithResult(ctx, s.bucket, ch, minio.RemoveObjectsOptions{}) {
+		if r.ObjectName == "" {
+			if r.Err != nil && whole == nil {
+				whole = r.Err
+			}
+			continue
+		}
+		for _, i := range idx[r.ObjectName] {
+			answered[i] = true
+			if r.Err == nil {
+				continue
+			}
+			if err := mapErr(r.Err); !errors.Is(err, ErrNotFound) {
+				errs[i] = fmt.Errorf("delete %s: %w", keys[i], err)
+			}
+		}
+	}
+	for i, ok := range answered {
+		if ok {
+			continue
+		}
+		err := whole
+		if err == nil {
+			err = ctx.Err()
+		}
+		if mapped := mapErr(err); err != nil && !errors.Is(mapped, ErrNotFound) {
+			errs[i] = fmt.Errorf("delete %s: %w", keys[i], mapped)
+		} else if err == nil {
+			errs[i] = fmt.Errorf("delete %s: %w: not in the server's answer", keys[i], ErrUnavailable)
+		}
+	}
+	return errs
+}
+
 // mapErr turns minio-go and network errors into the sentinel errors. The
 // server's message is kept (it never carries credentials).
 func mapErr(err error) error {

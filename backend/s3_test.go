@@ -179,6 +179,7 @@ func TestStoreContract(t *testing.T) {
 		{"PutConditions", contractPutConditions},
 		{"CopyKeepsOrReplacesMetadata", contractCopy},
 		{"DeleteOfMissingKeyIsNil", contractDelete},
+		{"DeleteManyRemovesEveryKeyItNames", contractDeleteMany},
 	}
 	for _, m := range makers {
 		t.Run(m.name, func(t *testing.T) {
@@ -485,6 +486,14 @@ func TestS3PrefixIsAddedAndHidden(t *testing.T) {
 	if err := s.Delete(ctx, "top.txt"); err != nil {
 		t.Fatal(err)
 	}
+	for _, err := range s.DeleteMany(ctx, []string{"a/b.txt", "a/copy.txt", "outside.txt"}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if all, err := s.ListAll(ctx, ""); err != nil || len(all) != 0 {
+		t.Errorf("after deleting every key under the prefix: %q, %v", keysOf(all), err)
+	}
 	if _, err := raw.StatObject(ctx, bucket, "outside.txt", minio.StatObjectOptions{}); err != nil {
 		t.Errorf("an object outside the prefix was touched: %v", err)
 	}
@@ -571,5 +580,39 @@ func TestS3CABundleWithoutCertificatesIsRefused(t *testing.T) {
 	}
 	if _, err := backend.NewS3(backend.S3Options{Endpoint: "https://example.invalid", Bucket: "b", CABundle: path}); err == nil {
 		t.Error("NewS3 with a CA bundle holding no certificates succeeded")
+	}
+}
+
+func contractDeleteMany(t *testing.T, s backend.Store) {
+	ctx := testCtx(t)
+	keys := []string{"a/1.jpg", "a/two words.jpg", "a/été ünïcode.jpg", "a/&<xml>'\".jpg", "never/was"}
+	for i := 0; i < 1100; i++ { // more than one request's worth
+		keys = append(keys, fmt.Sprintf("many/%04d", i))
+	}
+	for _, k := range keys {
+		if k != "never/was" { // a missing key is no error
+			putString(ctx, t, s, k, "x", backend.PutOptions{})
+		}
+	}
+	putString(ctx, t, s, "a/kept.jpg", "k", backend.PutOptions{})
+	errs := s.DeleteMany(ctx, keys)
+	if len(errs) != len(keys) {
+		t.Fatalf("%d results for %d keys", len(errs), len(keys))
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%q: %v", keys[i], err)
+		}
+	}
+	l, err := s.ListAll(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, o := range l {
+		left = append(left, o.Key)
+	}
+	if len(left) != 1 || left[0] != "a/kept.jpg" {
+		t.Fatalf("after the delete the bucket holds %d keys (%.5q), want only a/kept.jpg", len(left), left)
 	}
 }

@@ -84,4 +84,8 @@ type Store interface {
 	Copy(ctx context.Context, src, dst string, srcSize int64, opts PutOptions) (Object, error)
 	// Delete removes key; deleting a missing key is not an error.
 	Delete(ctx context.Context, key string) error
+	// DeleteMany removes keys in as few requests as the server allows (S3's
+	// multi-object delete: 1000 keys a request); errs[i] is the result
+	// for keys[i], as Delete would give it.
+	DeleteMany(ctx context.Context, keys []string) (errs []error)
 }

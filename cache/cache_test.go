@@ -1127,3 +1127,47 @@ func TestStartDropsOrphanBlockBitmaps(t *testing.T) {
 		t.Errorf("orphan bitmap after restart: %v, want it gone", err)
 	}
 }
+
+// Deleting many uploaded files (rm -r) sends their deletes in multi-object
+// requests, and a delete that must wait for its copy (a rename's) stays
+// out of them until it may go.
+func TestUnlinksOfManyUploadedFilesGoInFewRequests(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = 200 * time.Millisecond })
+	const n = 300
+	for i := range n {
+		e.create(fmt.Sprintf("old/%03d.jpg", i), "x")
+	}
+	e.create("keep.jpg", "k")
+	e.drain()
+	e.mem.ResetCalls()
+	for i := range n {
+		e.remove(fmt.Sprintf("old/%03d.jpg", i))
+	}
+	if err := e.c.Rename(ctxT(t), "keep.jpg", "kept.jpg", e.lookup("keep.jpg")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the deletes", func() bool { return e.pending() == 0 })
+	if keys := e.mem.Keys(); len(keys) != 1 || keys[0] != "kept.jpg" {
+		t.Fatalf("bucket holds %d keys after the unlinks and the rename: %q", len(keys), keys)
+	}
+	calls := e.mem.Calls()
+	if calls[backendtest.Delete] != n+1 {
+		t.Errorf("%d keys deleted, want %d", calls[backendtest.Delete], n+1)
+	}
+	// Due times spread over the unlink loop, and four workers take what
+	// is due when they look: some batches, but far fewer than keys.
+	if calls[backendtest.DeleteMany] == 0 || calls[backendtest.DeleteMany] > n/10 {
+		t.Errorf("%d multi-object deletes for %d keys", calls[backendtest.DeleteMany], n)
+	}
+	// The rename's delete came after its copy.
+	h := mutations(e.mem)
+	copied := -1
+	for i, c := range h {
+		if c.Method == backendtest.Copy && c.Key == "kept.jpg" {
+			copied = i
+		}
+		if c.Method == backendtest.Delete && c.Key == "keep.jpg" && (copied < 0 || copied > i) {
+			t.Fatalf("keep.jpg deleted before its copy (history %+v)", h)
+		}
+	}
+}

@@ -60,6 +60,18 @@ func (s *ownStore) Delete(ctx context.Context, key string) error {
 	return err
 }
 
+func (s *ownStore) DeleteMany(ctx context.Context, keys []string) []error {
+	ops := make([]*ownOp, len(keys))
+	for i, k := range keys {
+		ops[i] = s.f.expect(k, &ownOp{removed: true})
+	}
+	errs := s.Store.DeleteMany(ctx, keys)
+	for i, k := range keys {
+		s.f.settle(k, ops[i], "", errs[i])
+	}
+	return errs
+}
+
 // expect notes a change about to be made. Before the call, since its
 // event may arrive before its answer.
 func (f *feed) expect(key string, op *ownOp) *ownOp {

@@ -96,12 +96,18 @@ func (p *prefetcher) opened(key string) {
 		}
 		sort.Strings(names)
 		p.mu.Lock()
-		if d = p.dirs[dirKey]; d == nil || d.l != l {
-			if d == nil && len(p.dirs) >= aheadDirs {
+		switch d = p.dirs[dirKey]; {
+		case d == nil:
+			if len(p.dirs) >= aheadDirs {
 				p.forgetOldestLocked()
 			}
 			d = &dirAhead{l: l, names: names, last: -1}
 			p.dirs[dirKey] = d
+		case d.l != l:
+			// A newer listing (its TTL ran out): the reader's place in
+			// the old one, by name, is its place in this one.
+			d.last, d.next = moveIndex(d.names, names, d.last), moveIndex(d.names, names, d.next)
+			d.l, d.names = l, names
 		}
 	}
 	defer p.mu.Unlock()
@@ -145,6 +151,19 @@ func (p *prefetcher) opened(key string) {
 		p.wg.Add(1)
 		go p.fetch(e)
 	}
+}
+
+// moveIndex maps index i of the sorted names from to the sorted names to:
+// the first name of to not before from[i] (len(to) past the end, -1 for
+// -1).
+func moveIndex(from, to []string, i int) int {
+	if i < 0 {
+		return i
+	}
+	if i >= len(from) {
+		return len(to)
+	}
+	return sort.SearchStrings(to, from[i])
 }
 
 // wanted reports whether read-ahead fetches e: a small file.

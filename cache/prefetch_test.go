@@ -114,3 +114,23 @@ func TestReadAheadSkipsPendingFilesAndFollowsNewVersions(t *testing.T) {
 		t.Fatalf("replaced file reads %q", got)
 	}
 }
+
+// A listing refreshed while a reader goes through the directory (its TTL
+// ran out) keeps the reader's place: read-ahead goes on at the next open.
+func TestReadAheadKeepsItsPlaceAcrossAListingRefresh(t *testing.T) {
+	e := newEnv(t, nil)
+	keys := smallObjects(e, "r/", 40)
+	if _, err := e.c.List(ctxT(t), "r/"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < aheadRun; i++ {
+		e.read(keys[i])
+	}
+	waitFor(t, 5*time.Second, "read-ahead", func() bool { return gets(e.mem, keys[aheadRun-1+aheadFiles]) == 1 })
+	e.c.InvalidateDir("r/")
+	if _, err := e.c.List(ctxT(t), "r/"); err != nil {
+		t.Fatal(err)
+	}
+	e.read(keys[aheadRun])
+	waitFor(t, 5*time.Second, "read-ahead after the refresh", func() bool { return gets(e.mem, keys[aheadRun+aheadFiles]) == 1 })
+}

@@ -31,8 +31,10 @@ type uploader struct {
 	fails   map[string]int
 	waiters map[string][]chan struct{}
 	// urgent keys are uploaded at once, never paced (see pace.go).
-	urgent   map[string]bool
-	draining bool
+	urgent map[string]bool
+	// claimedAt is when the keys a delete batch claimed were due.
+	claimedAt map[string]time.Time
+	draining  bool
 	// One idle worker, the keeper, sleeps until the next due time (tick
 	// wakes it early); the others wait for wake. Sixteen workers on one
 	// timer woke together for every due key: with 1000 files closed in a
@@ -67,7 +69,7 @@ func (h *dueHeap) Pop() any {
 func newUploader(c *Cache) *uploader {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &uploader{c: c, due: map[string]time.Time{}, busy: map[string]bool{},
-		fails: map[string]int{}, waiters: map[string][]chan struct{}{}, urgent: map[string]bool{},
+		fails: map[string]int{}, waiters: map[string][]chan struct{}{}, urgent: map[string]bool{}, claimedAt: map[string]time.Time{},
 		tick: make(chan struct{}, 1), wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
 }
 
@@ -284,46 +286,53 @@ func (u *uploader) worker() {
 			return
 		}
 		retry, err := u.process(key)
-		if err != nil {
-			// Success is noted where a call reached the store: process
-			// also succeeds without one (a record already gone, a delete
-			// waiting for its copy), which says nothing about the store
-			// and must not end an outage the mount knows about.
-			u.c.noteBackend(err)
-		}
-		u.mu.Lock()
-		delete(u.busy, key)
-		if err != nil {
-			u.fails[key]++
-			n := u.fails[key]
-			u.mu.Unlock()
-			if n == 1 || n%20 == 0 {
-				u.c.log.Warn("upload failed; will retry", "key", key, "attempt", n, "err", err)
-			}
-			u.c.stats.UploadFailures.Add(1)
-			u.enqueue(key, backoff(n))
-			if errors.Is(err, backend.ErrUnavailable) {
-				// Don't hammer a server that is down: this worker pauses.
-				select {
-				case <-u.ctx.Done():
-				case <-time.After(500 * time.Millisecond):
-				}
-			}
-		} else {
-			delete(u.fails, key)
-			if _, queued := u.due[key]; !queued && retry == 0 {
-				// Done. (A failure or a retry stays urgent, and so does
-				// a key queued again meanwhile: that may be urgent too.)
-				delete(u.urgent, key)
-			}
-			u.mu.Unlock()
-			if retry > 0 {
-				u.enqueueRetry(key, retry)
+		u.settle(key, retry, err)
+		if errors.Is(err, backend.ErrUnavailable) {
+			// Don't hammer a server that is down: this worker pauses.
+			select {
+			case <-u.ctx.Done():
+			case <-time.After(500 * time.Millisecond):
 			}
 		}
-		u.notify(key)
-		u.kick()
 	}
+}
+
+// settle ends the claim of key after its record was processed: err
+// schedules a retry with backoff, retry > 0 a look again later.
+func (u *uploader) settle(key string, retry time.Duration, err error) {
+	if err != nil {
+		// Success is noted where a call reached the store: process also
+		// succeeds without one (a record already gone, a delete waiting
+		// for its copy), which says nothing about the store and must not
+		// end an outage the mount knows about.
+		u.c.noteBackend(err)
+	}
+	u.mu.Lock()
+	delete(u.busy, key)
+	delete(u.claimedAt, key)
+	if err != nil {
+		u.fails[key]++
+		n := u.fails[key]
+		u.mu.Unlock()
+		if n == 1 || n%20 == 0 {
+			u.c.log.Warn("upload failed; will retry", "key", key, "attempt", n, "err", err)
+		}
+		u.c.stats.UploadFailures.Add(1)
+		u.enqueue(key, backoff(n))
+	} else {
+		delete(u.fails, key)
+		if _, queued := u.due[key]; !queued && retry == 0 {
+			// Done. (A failure or a retry stays urgent, and so does a
+			// key queued again meanwhile: that may be urgent too.)
+			delete(u.urgent, key)
+		}
+		u.mu.Unlock()
+		if retry > 0 {
+			u.enqueueRetry(key, retry)
+		}
+	}
+	u.notify(key)
+	u.kick()
 }
 
 func backoff(n int) time.Duration {
@@ -447,17 +456,7 @@ func (u *uploader) process(key string) (retry time.Duration, err error) {
 				return time.Second, nil // the copy first
 			}
 		}
-		err := c.st.Delete(ctx, key)
-		c.noteBackend(err)
-		if err != nil {
-			return 0, err
-		}
-		c.stats.Deletes.Add(1)
-		// Noted before the record goes, so a lookup between the two
-		// finds one or the other (see upload below).
-		c.noteRemote(key, nil)
-		_, err = u.finish(key, r, nil)
-		return 0, err
+		return 0, u.deleteBatch(ctx, key, r)
 	}
 	return 0, fmt.Errorf("journal %s: unknown op %q", key, r.Op)
 }
@@ -549,6 +548,119 @@ func (c *Cache) pendingBelow(dirKey string) ([]string, error) {
 		})
 	})
 	return below, err
+}
+
+// deleteBatchMax is the most keys one multi-object delete carries (S3's
+// limit).
+const deleteBatchMax = 1000
+
+// deleteBatch deletes key, and with it the other deletes that are due, in
+// one multi-object delete: rm -r of a thousand uploaded files is then one
+// request, not a thousand on both sides. The others are claimed as a
+// worker claims a key, and settled here.
+func (u *uploader) deleteBatch(ctx context.Context, key string, r Record) error {
+	c := u.c
+	keys, recs := []string{key}, []Record{r}
+	for _, k := range u.claimDueDeletes(deleteBatchMax - 1) {
+		// Read again now that it is claimed: a change since is another
+		// record, left to the queue.
+		rk, ok, err := c.record(k)
+		if err == nil && ok && plainDelete(k, rk) {
+			keys, recs = append(keys, k), append(recs, rk)
+		} else {
+			u.unclaim(k)
+		}
+	}
+	var errs []error
+	if len(keys) == 1 {
+		errs = []error{c.st.Delete(ctx, key)}
+	} else {
+		errs = c.st.DeleteMany(ctx, keys)
+	}
+	var own error
+	for i, k := range keys {
+		err := errs[i]
+		c.noteBackend(err)
+		if err == nil {
+			c.stats.Deletes.Add(1)
+			// Noted before the record goes, so a lookup between the two
+			// finds one or the other (see upload below).
+			c.noteRemote(k, nil)
+			_, err = u.finish(k, recs[i], nil)
+		}
+		if i == 0 {
+			own = err
+		} else {
+			u.settle(k, 0, err)
+		}
+	}
+	return own
+}
+
+// plainDelete reports whether r, the record of key, is a delete that can
+// go in a batch: a file's, waiting for nothing.
+func plainDelete(key string, r Record) bool {
+	return r.Op == OpDelete && r.After == "" && !IsDirKey(key)
+}
+
+// claimDueDeletes claims up to n due keys whose records are plain deletes.
+func (u *uploader) claimDueDeletes(n int) []string {
+	now := time.Now()
+	u.mu.Lock()
+	var cand []string
+	for k, at := range u.due {
+		if len(cand) >= 4*n {
+			break
+		}
+		if (u.draining || !at.After(now)) && !u.busy[k] && !IsDirKey(k) {
+			cand = append(cand, k)
+		}
+	}
+	u.mu.Unlock()
+	if len(cand) == 0 {
+		return nil
+	}
+	var dels []string
+	u.c.db.View(func(txn *badger.Txn) error {
+		for _, k := range cand {
+			if len(dels) >= n {
+				break
+			}
+			if r, ok, err := getRecord(txn, k); err == nil && ok && plainDelete(k, r) {
+				dels = append(dels, k)
+			}
+		}
+		return nil
+	})
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	claimed := dels[:0]
+	for _, k := range dels {
+		at, ok := u.due[k]
+		if !ok || u.busy[k] || (at.After(now) && !u.draining) {
+			continue // taken or queued again meanwhile
+		}
+		delete(u.due, k) // its heap entry is superseded now
+		u.busy[k] = true
+		u.claimedAt[k] = at
+		claimed = append(claimed, k)
+	}
+	return claimed
+}
+
+// unclaim gives a key claimed by claimDueDeletes back to the queue, due
+// when it was.
+func (u *uploader) unclaim(k string) {
+	u.mu.Lock()
+	delete(u.busy, k)
+	at := u.claimedAt[k]
+	delete(u.claimedAt, k)
+	if old, ok := u.due[k]; !ok || at.Before(old) {
+		u.due[k] = at
+		heap.Push(&u.q, dueItem{k, at})
+	}
+	u.mu.Unlock()
+	u.kick()
 }
 
 func (u *uploader) put(ctx context.Context, key string, r Record) (time.Duration, error) {

@@ -36,6 +36,9 @@ const (
 	Put     = "Put"
 	Copy    = "Copy"
 	Delete  = "Delete"
+	// DeleteMany is counted once per call; its keys are recorded in the
+	// history as one Delete each.
+	DeleteMany = "DeleteMany"
 )
 
 // Content types the server gives an object when the client sends none:
@@ -345,6 +348,19 @@ func (m *Mem) Delete(ctx context.Context, key string) error {
 	delete(m.objs, key)
 	m.mu.Unlock()
 	return m.end(c, nil)
+}
+
+// DeleteMany implements backend.Store: each key as Delete would, the
+// hook and SetDown applying to each.
+func (m *Mem) DeleteMany(ctx context.Context, keys []string) []error {
+	m.mu.Lock()
+	m.calls[DeleteMany]++
+	m.mu.Unlock()
+	errs := make([]error, len(keys))
+	for i, k := range keys {
+		errs[i] = m.Delete(ctx, k)
+	}
+	return errs
 }
 
 // storeLocked writes an object; data must not be shared with the caller.
