@@ -164,6 +164,7 @@ func getRecord(txn *badger.Txn, key string) (Record, bool, error) {
 
 func putRecord(txn *badger.Txn, key string, r Record) error {
 	markTxn(txn, key, false)
+	hintTxn(txn, key, plainDelete(key, r))
 	r.V = recordVersion
 	if r.Since.IsZero() {
 		r.Since = time.Now()

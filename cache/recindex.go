@@ -29,6 +29,10 @@ type recIndex struct {
 	// below counts the keys in keys under each directory (at any depth),
 	// for the "anything pending below this name?" question of a lookup.
 	below map[string]int
+	// dels hints at the keys whose latest record written is a plain
+	// delete (one a multi-object delete can carry; see deleteBatch): a
+	// hint only, each is read again before it goes in a batch.
+	dels map[string]struct{}
 }
 
 type recMark struct {
@@ -40,7 +44,7 @@ type recMark struct {
 }
 
 func newRecIndex() *recIndex {
-	return &recIndex{keys: map[string]*recMark{}, below: map[string]int{}}
+	return &recIndex{keys: map[string]*recMark{}, below: map[string]int{}, dels: map[string]struct{}{}}
 }
 
 // txnMarks lists the keys a write transaction marked, so they are
@@ -66,9 +70,44 @@ func markTxn(txn *badger.Txn, key string, deleted bool) {
 	m.marked = append(m.marked, key)
 }
 
+// hintTxn notes, for putRecord, whether key's new record is a plain
+// delete.
+func hintTxn(txn *badger.Txn, key string, plainDel bool) {
+	if v, ok := txnHooks.Load(txn); ok {
+		v.(*txnMarks).idx.hintDelete(key, plainDel)
+	}
+}
+
+func (x *recIndex) hintDelete(key string, yes bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if yes {
+		x.dels[key] = struct{}{}
+	} else {
+		delete(x.dels, key)
+	}
+}
+
+// deleteHints returns up to n keys hinted to be plain deletes.
+func (x *recIndex) deleteHints(n int) []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]string, 0, min(n, len(x.dels)))
+	for k := range x.dels {
+		if len(out) == n {
+			break
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
 func (x *recIndex) mark(key string, deleted bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if deleted {
+		delete(x.dels, key)
+	}
 	m := x.keys[key]
 	if m == nil {
 		m = &recMark{}
@@ -170,6 +209,7 @@ func (x *recIndex) forgetIfGone(db *badger.DB, key string) {
 		return
 	}
 	delete(x.keys, key)
+	delete(x.dels, key)
 	x.addBelow(key, -1)
 }
 

@@ -603,42 +603,24 @@ func plainDelete(key string, r Record) bool {
 	return r.Op == OpDelete && r.After == "" && !IsDirKey(key)
 }
 
-// claimDueDeletes claims up to n due keys whose records are plain deletes.
+// claimDueDeletes claims up to n due keys that the index hints are plain
+// deletes.
 func (u *uploader) claimDueDeletes(n int) []string {
+	hints := u.c.recs.deleteHints(4 * n)
+	if len(hints) == 0 {
+		return nil
+	}
 	now := time.Now()
 	u.mu.Lock()
-	var cand []string
-	for k, at := range u.due {
-		if len(cand) >= 4*n {
+	defer u.mu.Unlock()
+	var claimed []string
+	for _, k := range hints {
+		if len(claimed) == n {
 			break
 		}
-		if (u.draining || !at.After(now)) && !u.busy[k] && !IsDirKey(k) {
-			cand = append(cand, k)
-		}
-	}
-	u.mu.Unlock()
-	if len(cand) == 0 {
-		return nil
-	}
-	var dels []string
-	u.c.db.View(func(txn *badger.Txn) error {
-		for _, k := range cand {
-			if len(dels) >= n {
-				break
-			}
-			if r, ok, err := getRecord(txn, k); err == nil && ok && plainDelete(k, r) {
-				dels = append(dels, k)
-			}
-		}
-		return nil
-	})
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	claimed := dels[:0]
-	for _, k := range dels {
 		at, ok := u.due[k]
 		if !ok || u.busy[k] || (at.After(now) && !u.draining) {
-			continue // taken or queued again meanwhile
+			continue
 		}
 		delete(u.due, k) // its heap entry is superseded now
 		u.busy[k] = true
