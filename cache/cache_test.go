@@ -1171,3 +1171,45 @@ func TestUnlinksOfManyUploadedFilesGoInFewRequests(t *testing.T) {
 		}
 	}
 }
+
+// The sources of many renames are deleted in batches too, each only after
+// its copy.
+func TestRenamesOfManyUploadedFilesDeleteTheirSourcesInBatches(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = 100 * time.Millisecond })
+	const n = 200
+	for i := range n {
+		e.create(fmt.Sprintf("in/%03d.jpg", i), fmt.Sprint(i))
+	}
+	e.drain()
+	e.mem.ResetCalls()
+	for i := range n {
+		from, to := fmt.Sprintf("in/%03d.jpg", i), fmt.Sprintf("out/%03d.jpg", i)
+		if err := e.c.Rename(ctxT(t), from, to, e.lookup(from)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "the renames", func() bool { return e.pending() == 0 })
+	keys := e.mem.Keys()
+	if len(keys) != n || keys[0] != "out/000.jpg" || keys[n-1] != fmt.Sprintf("out/%03d.jpg", n-1) {
+		t.Fatalf("bucket holds %d keys after the renames (first %.3q)", len(keys), keys)
+	}
+	for i := range n {
+		if _, data := e.stored(fmt.Sprintf("out/%03d.jpg", i)); data != fmt.Sprint(i) {
+			t.Fatalf("out/%03d.jpg holds %q", i, data)
+		}
+	}
+	copied := map[string]bool{}
+	for _, c := range mutations(e.mem) {
+		switch c.Method {
+		case backendtest.Copy:
+			copied[c.Src] = true
+		case backendtest.Delete:
+			if !copied[c.Key] {
+				t.Fatalf("%s deleted before its copy", c.Key)
+			}
+		}
+	}
+	if b := e.mem.Calls()[backendtest.DeleteMany]; b == 0 || b > n/5 {
+		t.Errorf("%d multi-object deletes for %d renamed sources", b, n)
+	}
+}

@@ -565,7 +565,14 @@ func (u *uploader) deleteBatch(ctx context.Context, key string, r Record) error 
 		// Read again now that it is claimed: a change since is another
 		// record, left to the queue.
 		rk, ok, err := c.record(k)
-		if err == nil && ok && plainDelete(k, rk) {
+		if err == nil && ok && rk.Op == OpDelete && !IsDirKey(k) && rk.After != "" {
+			// A rename's source: only once its copy is done.
+			var wait bool
+			if _, wait, err = c.copyPending(k); wait {
+				ok = false
+			}
+		}
+		if err == nil && ok && rk.Op == OpDelete && !IsDirKey(k) {
 			keys, recs = append(keys, k), append(recs, rk)
 		} else {
 			u.unclaim(k)
@@ -598,7 +605,8 @@ func (u *uploader) deleteBatch(ctx context.Context, key string, r Record) error 
 }
 
 // plainDelete reports whether r, the record of key, is a delete that can
-// go in a batch: a file's, waiting for nothing.
+// go in a batch whenever it is due: a file's, waiting for nothing. (A
+// rename's source waits for its copy; it is hinted once that is done.)
 func plainDelete(key string, r Record) bool {
 	return r.Op == OpDelete && r.After == "" && !IsDirKey(key)
 }
@@ -823,7 +831,12 @@ func (u *uploader) copy(ctx context.Context, key string, r Record) (time.Duratio
 	}
 	if done {
 		if r.Src != key {
-			u.enqueue(r.Src, 0) // its delete was waiting for this copy
+			// Its delete was waiting for this copy: it may go now, in a
+			// batch with others (a renamed tree's sources).
+			if rs, ok, rerr := c.record(r.Src); rerr == nil && ok && rs.Op == OpDelete && rs.After == key && !IsDirKey(r.Src) {
+				c.recs.hintDelete(r.Src, true)
+			}
+			u.enqueue(r.Src, 0)
 		}
 	}
 	return 0, err
