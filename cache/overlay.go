@@ -456,6 +456,10 @@ func (c *Cache) entryFromRecord(key string, r Record) Entry {
 	return e
 }
 
+// Current returns e (from List) with the live size and mtime of a file
+// open here for writing.
+func (c *Cache) Current(e Entry) Entry { return c.withOpenSize(e) }
+
 // withOpenSize reports the live size and mtime of a file open here.
 func (c *Cache) withOpenSize(e Entry) Entry {
 	if e.Dir {
@@ -495,9 +499,12 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 	var hasRec, hasDirRec, pendingBelow bool
 	var err error
 	if !c.recs.quiet(key) {
+		// (The index is a superset: without a mark for key+"/" or below
+		// it there is no such record, and no iterator is needed.)
+		dirQuiet := c.recs.quietBelow(key)
 		err = c.db.View(func(txn *badger.Txn) error {
 			var err error
-			if rec, hasRec, err = getRecord(txn, key); err != nil {
+			if rec, hasRec, err = getRecord(txn, key); err != nil || dirQuiet {
 				return err
 			}
 			if dirRec, hasDirRec, err = getRecord(txn, key+"/"); err != nil {

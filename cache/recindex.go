@@ -156,6 +156,14 @@ func (x *recIndex) quiet(key string) bool {
 	return x.keys[key] == nil && x.keys[key+"/"] == nil && x.below[key+"/"] == 0
 }
 
+// quietBelow reports that dir form key+"/" and every key below it have
+// no record: a lookup of a pending file need not look for a directory.
+func (x *recIndex) quietBelow(key string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.keys[key+"/"] == nil && x.below[key+"/"] == 0
+}
+
 // end releases the marks of a transaction that ended (committed or not)
 // and drops the keys whose record some transaction deleted, once none is
 // in flight and Badger confirms the record is gone.

@@ -423,3 +423,70 @@ func hasName(ss []string, s string) bool {
 	}
 	return false
 }
+
+// ls -l reads a directory with READDIRPLUS, whose attributes the daemon
+// answers from the listing it made for the read: they must be what stat
+// says, for files uploaded, pending, and open and growing.
+func TestListingAttributesMatchStat(t *testing.T) {
+	e := newEnv(t)
+	e.putObject(t, "ls/in-bucket.txt", []byte("from the bucket"), map[string]string{"mode": "33184", "mtime": "1700000000"})
+	m := e.mount(t, "--writeback-delay", "1h")
+	writeFile(t, m.path("ls/pending.txt"), []byte("written here"))
+	if err := os.Chmod(m.path("ls/pending.txt"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(m.path("ls/sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(m.path("ls/growing.log"), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // entry and attribute timeouts: the next stat asks the daemon
+	if _, err := f.Write(make([]byte, 500)); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		size int64
+		mode os.FileMode
+	}{
+		"in-bucket.txt": {15, 0o640},
+		"pending.txt":   {12, 0o640},
+		"growing.log":   {1500, 0o600},
+		"sub":           {0, os.ModeDir | 0o700},
+	}
+	// Twice: the second read's attributes come from READDIRPLUS after
+	// the first read's expired.
+	for round := 0; round < 2; round++ {
+		ents, err := os.ReadDir(m.path("ls"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) != len(want) {
+			t.Fatalf("ls lists %d entries, want %d", len(ents), len(want))
+		}
+		for _, de := range ents {
+			fi, err := os.Lstat(m.path("ls/" + de.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, ok := want[de.Name()]
+			if !ok {
+				t.Fatalf("unexpected entry %s", de.Name())
+			}
+			if fi.Mode() != w.mode || (!fi.IsDir() && fi.Size() != w.size) {
+				t.Errorf("round %d: %s: mode %v size %d, want %v %d", round, de.Name(), fi.Mode(), fi.Size(), w.mode, w.size)
+			}
+		}
+		if round == 0 {
+			time.Sleep(1100 * time.Millisecond)
+		}
+	}
+	if fi, err := os.Lstat(m.path("ls/in-bucket.txt")); err != nil || fi.ModTime().Unix() != 1700000000 {
+		t.Errorf("in-bucket.txt mtime %v (%v), want 1700000000", fi.ModTime().Unix(), err)
+	}
+}
