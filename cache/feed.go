@@ -35,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,6 +148,41 @@ func (c *Cache) listingTTL(l *dirListing) time.Duration {
 		return c.o.FeedDirTTL
 	}
 	return c.o.DirTTL
+}
+
+// liveRefreshMax bounds the listings refreshed when the feed goes live.
+const liveRefreshMax = 32
+
+// refreshUntrusted refetches, in the background, the most recently
+// fetched of the listings made before the feed went live: they are
+// trusted only for the short TTL, so right after a mount (the feed is
+// live about a second later) a directory being read was listed again
+// every second, and each lookup past twice the TTL waited for a LIST.
+// Their lookups go on from the old listing meanwhile.
+func (c *Cache) refreshUntrusted(n int) {
+	since := c.feed.trustedSince.Load()
+	type cand struct {
+		dir string
+		l   *dirListing
+	}
+	var cs []cand
+	c.mu.Lock()
+	for d, l := range c.dirs {
+		if isDone(l) && l.err == nil && !l.refreshing && l.started.UnixNano() <= since {
+			cs = append(cs, cand{d, l})
+		}
+	}
+	sort.Slice(cs, func(i, j int) bool { return cs[i].l.fetched.After(cs[j].l.fetched) })
+	if len(cs) > n {
+		cs = cs[:n]
+	}
+	for _, x := range cs {
+		x.l.refreshing = true
+	}
+	c.mu.Unlock()
+	for _, x := range cs {
+		go c.refreshListing(x.dir, x.l)
+	}
 }
 
 // maxDirTTL is the longest a listing may be trusted, ever.
@@ -305,6 +341,7 @@ func (f *feed) apply(ctx context.Context) {
 				f.report(nil)
 				f.c.log.Info("change feed live: other machines' changes show up at once", "reconnected", wasDown, "safety_ttl", f.c.o.FeedDirTTL)
 				wasDown = false
+				f.c.refreshUntrusted(liveRefreshMax)
 			case ev.Down:
 				if err := ev.Err; err != nil {
 					f.report(err) // FeedListen: not available at the start

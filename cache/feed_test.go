@@ -283,11 +283,11 @@ func TestFeedLiveSwitchesTheListingTTL(t *testing.T) {
 		t.Fatalf("feed not live: %d LISTs over 5 TTLs, want a refresh", lists())
 	}
 
-	fs.send(backend.FeedEvent{Live: true})
-	waitFor(t, 5*time.Second, "feed live", func() bool { return e.c.FeedStatus().Live })
 	// Made in the gap, without an event: the listing from before the
 	// feed became live must not be trusted for FeedDirTTL.
 	e.mem.Set("gap.txt", []byte("x"), "", nil)
+	fs.send(backend.FeedEvent{Live: true})
+	waitFor(t, 5*time.Second, "feed live", func() bool { return e.c.FeedStatus().Live })
 	time.Sleep(100 * time.Millisecond)
 	if names := entryNames(t, e.c, ""); !slices.Contains(names, "gap.txt") {
 		t.Errorf("listing after the feed became live = %v: a listing from before was kept", names)
@@ -399,5 +399,38 @@ func TestFeedEmptyingABigDirectoryStaysFast(t *testing.T) {
 	}
 	if got := fe.names(""); len(got) != 0 {
 		t.Errorf("root after big/ was emptied = %v, want empty", got)
+	}
+}
+
+// A directory listed before the feed went live (right after a mount) is
+// listed again in the background when it does, and that listing is then
+// trusted for the feed's TTL: before, it was listed again every DirTTL
+// until a lookup happened to come after it expired.
+func TestFeedGoingLiveRefreshesListingsMadeBefore(t *testing.T) {
+	var fs *feedStore
+	e := newEnvWith(t, func(e *testEnv) {
+		fs = &feedStore{Store: e.mem}
+		e.st = fs
+	}, func(o *Options) {
+		o.DirTTL, o.FeedDirTTL = 300*time.Millisecond, time.Hour
+	})
+	if err := e.c.StartFeed(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	lists := func() int { return e.mem.Calls()["List"] }
+	e.mem.Set("d/a.jpg", []byte("a"), "", nil)
+	if names := entryNames(t, e.c, "d/"); len(names) != 1 {
+		t.Fatalf("d/ lists %q", names)
+	}
+	// Made while the feed was not live yet: no event will tell of it.
+	e.mem.Set("d/b.jpg", []byte("b"), "", nil)
+	fs.send(backend.FeedEvent{Live: true})
+	waitFor(t, 5*time.Second, "the refresh at live", func() bool { return lists() == 2 })
+	waitFor(t, 5*time.Second, "the refreshed listing", func() bool { return len(entryNames(t, e.c, "d/")) == 2 })
+	time.Sleep(700 * time.Millisecond) // past twice DirTTL
+	entryNames(t, e.c, "d/")
+	entryNames(t, e.c, "d/")
+	if n := lists(); n != 2 {
+		t.Errorf("%d LISTs of d/; want 2: the refreshed listing is trusted while the feed is live", n)
 	}
 }
