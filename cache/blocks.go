@@ -62,6 +62,12 @@ const (
 	// dropLag: a sequential reader's blocks this far behind it leave the
 	// data file's page cache (see dropBehind).
 	dropLag = 2
+	// dropRetry: how far behind that dropBehind tries again, for blocks
+	// still being written out when it passed them.
+	dropRetry = 4
+	// lateDrop: how long after a sequential reader's last read what it
+	// left behind is dropped once more.
+	lateDrop = time.Second
 	// seqSlack: a read starting this close to where the previous reads
 	// ended continues them. The kernel's read-ahead sends several READs
 	// at once, and they reach the map in any order.
@@ -126,6 +132,10 @@ type blockMap struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	stopped atomic.Bool
+	// lateMu orders the late drop (see dropBehind) with stop; late is
+	// its timer.
+	lateMu sync.Mutex
+	late   *time.Timer
 	// running counts this map's runs (detach waits for them); wg, the
 	// item's, counts every run writing into its data file (see setGroup).
 	running sync.WaitGroup
@@ -291,7 +301,12 @@ func (m *blockMap) detach() {
 // punching it could punch out what that map just fetched. For the same
 // reason a stopped map saves no bitmap.
 func (m *blockMap) stop() {
+	m.lateMu.Lock()
 	m.stopped.Store(true)
+	if m.late != nil {
+		m.late.Stop()
+	}
+	m.lateMu.Unlock()
 	m.cancel()
 	m.running.Wait()
 }
@@ -742,12 +757,41 @@ func (m *blockMap) dropBehind() {
 	}
 	m.dropped = upto
 	m.mu.Unlock()
-	// Only clean pages can go: their write-out, started when each block
-	// became whole, is waited for (long done by now, as a rule).
+	// Only clean pages go; a block whose write-out (started when it
+	// became whole) is still running keeps its pages, and the next calls
+	// try it again, dropRetry blocks back. Waiting for the write-out here
+	// put the disk in the reader's way: a cold read ran at 400-680 MB/s
+	// waiting, 440-710 (most runs over 600) not (dd of 512 MiB, 7 rounds
+	// each, interleaved), with the same memory once the writes are done.
 	fd := int(m.f.Fd())
+	from = max(from-dropRetry, 0)
 	off, n := int64(from)*blockSize, int64(upto-from)*blockSize
-	unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
 	unix.Fadvise(fd, off, n, unix.FADV_DONTNEED)
+	// Once the reader pauses or is done, what it left behind goes too
+	// (the last blocks, and any whose write-out was still running).
+	m.lateMu.Lock()
+	if !m.stopped.Load() {
+		if m.late == nil {
+			m.late = time.AfterFunc(lateDrop, m.dropLate)
+		} else {
+			m.late.Reset(lateDrop)
+		}
+	}
+	m.lateMu.Unlock()
+}
+
+// dropLate drops everything a sequential reader left behind, lateDrop
+// after its last read. It does not wait for the disk either.
+func (m *blockMap) dropLate() {
+	m.lateMu.Lock()
+	defer m.lateMu.Unlock()
+	if m.stopped.Load() {
+		return // closing: the file may be gone
+	}
+	m.mu.Lock()
+	upto := m.dropped
+	m.mu.Unlock()
+	unix.Fadvise(int(m.f.Fd()), 0, int64(upto)*blockSize, unix.FADV_DONTNEED)
 }
 
 // save stores the bitmap as it is now.
