@@ -542,10 +542,16 @@ func (s *S3) DeleteMany(ctx context.Context, keys []string) []error {
 		if err == nil {
 			err = ctx.Err()
 		}
-		if mapped := mapErr(err); err != nil && !errors.Is(mapped, ErrNotFound) {
+		if err == nil {
+			// Left out of an answer that came: minio-go skips some
+			// answers (a missing version; on GCS, which has no multi-
+			// object delete, a missing key). Asked again on its own,
+			// a missing key is no error.
+			errs[i] = s.Delete(ctx, keys[i])
+			continue
+		}
+		if mapped := mapErr(err); !errors.Is(mapped, ErrNotFound) {
 			errs[i] = fmt.Errorf("delete %s: %w", keys[i], mapped)
-		} else if err == nil {
-			errs[i] = fmt.Errorf("delete %s: %w: not in the server's answer", keys[i], ErrUnavailable)
 		}
 	}
 	return errs

@@ -67,7 +67,8 @@ const (
 	dropRetry = 4
 	// lateDrop: how long after a sequential reader's last read what it
 	// left behind is dropped once more.
-	lateDrop = time.Second
+	lateDrop  = time.Second
+	lateTries = 3
 	// seqSlack: a read starting this close to where the previous reads
 	// ended continues them. The kernel's read-ahead sends several READs
 	// at once, and they reach the map in any order.
@@ -134,8 +135,9 @@ type blockMap struct {
 	stopped atomic.Bool
 	// lateMu orders the late drop (see dropBehind) with stop; late is
 	// its timer.
-	lateMu sync.Mutex
-	late   *time.Timer
+	lateMu   sync.Mutex
+	late     *time.Timer
+	lateLeft int
 	// running counts this map's runs (detach waits for them); wg, the
 	// item's, counts every run writing into its data file (see setGroup).
 	running sync.WaitGroup
@@ -771,6 +773,7 @@ func (m *blockMap) dropBehind() {
 	// (the last blocks, and any whose write-out was still running).
 	m.lateMu.Lock()
 	if !m.stopped.Load() {
+		m.lateLeft = lateTries
 		if m.late == nil {
 			m.late = time.AfterFunc(lateDrop, m.dropLate)
 		} else {
@@ -780,8 +783,9 @@ func (m *blockMap) dropBehind() {
 	m.lateMu.Unlock()
 }
 
-// dropLate drops everything a sequential reader left behind, lateDrop
-// after its last read. It does not wait for the disk either.
+// dropLate drops everything a sequential reader has read, lateDrop after
+// its last read, and again a few times (pages still being written out are
+// kept by FADV_DONTNEED). It does not wait for the disk either.
 func (m *blockMap) dropLate() {
 	m.lateMu.Lock()
 	defer m.lateMu.Unlock()
@@ -789,9 +793,15 @@ func (m *blockMap) dropLate() {
 		return // closing: the file may be gone
 	}
 	m.mu.Lock()
-	upto := m.dropped
+	upto, seq := m.nextOff, m.seq
 	m.mu.Unlock()
-	unix.Fadvise(int(m.f.Fd()), 0, int64(upto)*blockSize, unix.FADV_DONTNEED)
+	if !seq || upto <= 0 {
+		return
+	}
+	unix.Fadvise(int(m.f.Fd()), 0, upto, unix.FADV_DONTNEED)
+	if m.lateLeft--; m.lateLeft > 0 {
+		m.late.Reset(lateDrop)
+	}
 }
 
 // save stores the bitmap as it is now.

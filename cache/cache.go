@@ -249,6 +249,9 @@ func (c *Cache) Close() error {
 	c.mu.Lock()
 	for _, it := range c.items {
 		it.mu.Lock()
+		if it.blocks != nil {
+			it.blocks.stop() // its runs and timer, before the file goes
+		}
 		if it.f != nil {
 			it.f.Close()
 			it.f = nil

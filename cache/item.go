@@ -368,6 +368,14 @@ func (c *Cache) fill(ctx context.Context, it *Item, e Entry, fl OpenFlags) error
 	if !fl.Write && e.Size > c.o.WholeFileLimit {
 		return c.newSparse(it, key, e)
 	}
+	if fl.prefetch {
+		// The item is locked meanwhile, and nobody asked for this
+		// fetch: a writer, unlink or rename of the file waits for it,
+		// so a slow or hung store ends it soon (see prefetch.go).
+		pctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
+		defer cancel()
+		return c.fetchWholeIn(pctx, it, key, e)
+	}
 	return c.fetchWhole(ctx, it, key, e)
 }
 
@@ -429,15 +437,20 @@ func (c *Cache) newData(it *Item, a Attr, base string, created bool) error {
 // fetchWhole downloads object src (version e) into a new data file for it
 // and records it as clean for src.
 func (c *Cache) fetchWhole(ctx context.Context, it *Item, src string, e Entry) error {
+	// Not ended by a FUSE interrupt (see opCtx).
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout+time.Duration(e.Size>>20)*time.Second)
+	defer cancel()
+	return c.fetchWholeIn(octx, it, src, e)
+}
+
+// fetchWholeIn is fetchWhole with the GET bounded by octx.
+func (c *Cache) fetchWholeIn(octx context.Context, it *Item, src string, e Entry) error {
 	sf, err := c.spares.take()
 	if err != nil {
 		return err
 	}
 	id, f, path := sf.id, sf.f, sf.f.Name()
 	c.makeRoom(e.Size)
-	// Not ended by a FUSE interrupt (see opCtx).
-	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout+time.Duration(e.Size>>20)*time.Second)
-	defer cancel()
 	r, err := c.st.Get(octx, src, e.ETag, 0, -1)
 	c.noteBackend(err)
 	if err == nil {

@@ -456,10 +456,6 @@ func (c *Cache) entryFromRecord(key string, r Record) Entry {
 	return e
 }
 
-// Current returns e (from List) with the live size and mtime of a file
-// open here for writing.
-func (c *Cache) Current(e Entry) Entry { return c.withOpenSize(e) }
-
 // withOpenSize reports the live size and mtime of a file open here.
 func (c *Cache) withOpenSize(e Entry) Entry {
 	if e.Dir {
@@ -499,12 +495,12 @@ func (c *Cache) Lookup(ctx context.Context, key string) (Entry, error) {
 	var hasRec, hasDirRec, pendingBelow bool
 	var err error
 	if !c.recs.quiet(key) {
-		// (The index is a superset: without a mark for key+"/" or below
-		// it there is no such record, and no iterator is needed.)
-		dirQuiet := c.recs.quietBelow(key)
 		err = c.db.View(func(txn *badger.Txn) error {
 			var err error
-			if rec, hasRec, err = getRecord(txn, key); err != nil || dirQuiet {
+			// (The index is a superset: without a mark for key+"/" or
+			// below it, made before any commit this transaction can
+			// see, there is no such record and no iterator is needed.)
+			if rec, hasRec, err = getRecord(txn, key); err != nil || c.recs.quietBelow(key) {
 				return err
 			}
 			if dirRec, hasDirRec, err = getRecord(txn, key+"/"); err != nil {

@@ -40,6 +40,9 @@ const (
 	// large files, files the reader does not want) and still count as in
 	// order.
 	aheadGap = 4
+	// prefetchTimeout bounds one read-ahead fetch (a reader's own fetch
+	// gets the op timeout).
+	prefetchTimeout = 2 * time.Second
 )
 
 type prefetcher struct {
