@@ -137,7 +137,7 @@ func main() {
 			b.tracer = nil
 		}
 	}
-	info := machineInfo(*minioBin, *mediafsBin)
+	info := machineInfo(*minioBin, *mediafsBin, scratch)
 	info.loadStart = loadAvg()
 
 	if err := dropCaches(); err != nil {
