@@ -456,6 +456,24 @@ func (c *Cache) entryFromRecord(key string, r Record) Entry {
 	return e
 }
 
+// ListStamp is taken before List; Current tells whether an entry of that
+// List still holds for this mount's changes, and gives its live size.
+type ListStamp uint64
+
+// Stamp returns the journal index's position now, for Current.
+func (c *Cache) Stamp() ListStamp { return ListStamp(c.recs.now()) }
+
+// Current returns e, from a List made after s was taken, with the live
+// size and mtime of a file open here for writing; ok is false when this
+// mount changed e's record since s (ask Lookup then). Changes of other
+// machines are as fresh as the listing, as in List.
+func (c *Cache) Current(e Entry, s ListStamp) (Entry, bool) {
+	if !c.recs.unchangedSince(e.Key, uint64(s)) {
+		return e, false
+	}
+	return c.withOpenSize(e), true
+}
+
 // withOpenSize reports the live size and mtime of a file open here.
 func (c *Cache) withOpenSize(e Entry) Entry {
 	if e.Dir {

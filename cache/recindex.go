@@ -33,10 +33,16 @@ type recIndex struct {
 	// delete (one a multi-object delete can carry; see deleteBatch): a
 	// hint only, each is read again before it goes in a batch.
 	dels map[string]struct{}
+	// gen counts the index's events (a mark, a transaction's end, a key
+	// leaving); touched (per key) and removedAt are the gen of the last
+	// such event, for Unchanged.
+	gen       uint64
+	removedAt uint64
 }
 
 type recMark struct {
 	epoch    uint64
+	touched  uint64
 	inflight int
 	// maybeGone: a transaction deleted the record; checked once none
 	// is in flight.
@@ -115,6 +121,8 @@ func (x *recIndex) mark(key string, deleted bool) {
 		x.addBelow(key, 1)
 	}
 	m.epoch++
+	x.gen++
+	m.touched = x.gen
 	m.inflight++
 	if deleted {
 		m.maybeGone = true
@@ -156,6 +164,26 @@ func (x *recIndex) quiet(key string) bool {
 	return x.keys[key] == nil && x.keys[key+"/"] == nil && x.below[key+"/"] == 0
 }
 
+// now returns the index's event count, to compare with in unchangedSince.
+func (x *recIndex) now() uint64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.gen
+}
+
+// unchangedSince reports that no transaction wrote or deleted key's
+// record since now() returned g, nor was one in flight then: a key
+// with a mark must not have been touched since, or be in flight; one
+// without must not have left the index since (it may have come and gone).
+func (x *recIndex) unchangedSince(key string, g uint64) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if m := x.keys[key]; m != nil {
+		return m.touched <= g && m.inflight == 0
+	}
+	return x.removedAt <= g
+}
+
 // quietBelow reports that dir form key+"/" and every key below it have
 // no record: a lookup of a pending file need not look for a directory.
 func (x *recIndex) quietBelow(key string) bool {
@@ -174,6 +202,8 @@ func (x *recIndex) end(db *badger.DB, ms []*txnMarks) {
 		for _, k := range m.marked {
 			if km := x.keys[k]; km != nil {
 				km.inflight--
+				x.gen++
+				km.touched = x.gen
 				if km.inflight == 0 && km.maybeGone {
 					check = append(check, k)
 				}
@@ -218,6 +248,8 @@ func (x *recIndex) forgetIfGone(db *badger.DB, key string) {
 	}
 	delete(x.keys, key)
 	delete(x.dels, key)
+	x.gen++
+	x.removedAt = x.gen
 	x.addBelow(key, -1)
 }
 

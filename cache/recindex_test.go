@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -91,5 +92,34 @@ func TestRecordIndexSeesPendingBelow(t *testing.T) {
 	}
 	if ent := e.lookup("p/q/r.txt"); ent.Size != 1 {
 		t.Errorf("p/q/r.txt after upload = %+v", ent)
+	}
+}
+
+// unchangedSince is how the fs layer knows a List entry still holds: any
+// write, delete or transaction end on the key after the stamp, and any
+// key leaving the index after it for keys without a mark, say no.
+func TestRecIndexUnchangedSince(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WritebackDelay = time.Hour })
+	x := e.c.recs
+	e.create("a.txt", "1")
+	g := x.now()
+	if !x.unchangedSince("a.txt", g) || !x.unchangedSince("never.txt", g) {
+		t.Fatal("unchanged keys reported changed")
+	}
+	e.rewrite("a.txt", "2")
+	if x.unchangedSince("a.txt", g) {
+		t.Error("a rewrite since the stamp went unseen")
+	}
+	if !x.unchangedSince("never.txt", g) {
+		t.Error("an untouched key without a record reported changed")
+	}
+	// A key that comes and goes after the stamp (created and uploaded):
+	// absent then and now, but changed.
+	g = x.now()
+	e.create("b.txt", "b")
+	e.drain()
+	waitFor(t, 5*time.Second, "b.txt to leave the index", func() bool { return !x.has("b.txt") })
+	if x.unchangedSince("b.txt", g) {
+		t.Error("a key that came and went since the stamp reported unchanged")
 	}
 }

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ type dirNode struct{ node }
 var (
 	_ = (gofs.NodeLookuper)((*dirNode)(nil))
 	_ = (gofs.NodeReaddirer)((*dirNode)(nil))
+	_ = (gofs.NodeOpendirHandler)((*dirNode)(nil))
 	_ = (gofs.NodeGetattrer)((*dirNode)(nil))
 	_ = (gofs.NodeSetattrer)((*dirNode)(nil))
 	_ = (gofs.NodeCreater)((*dirNode)(nil))
@@ -65,17 +67,127 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 
 // Readdir implements gofs.NodeReaddirer.
 func (d *dirNode) Readdir(ctx context.Context) (stream gofs.DirStream, errno syscall.Errno) {
+	ents, errno := d.list(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	out := make([]fuse.DirEntry, 0, len(ents))
+	for _, e := range ents {
+		out = append(out, fuse.DirEntry{Name: e.Name, Mode: typeBits(e)})
+	}
+	return gofs.NewListDirStream(out), 0
+}
+
+// list returns the directory's entries sorted by name.
+func (d *dirNode) list(ctx context.Context) (ents []cache.Entry, errno syscall.Errno) {
 	defer d.fsys.observe("readdir", time.Now(), &errno)
 	ents, err := d.fsys.c.List(ctx, d.dirKey())
 	if err != nil {
 		return nil, toErrno(err)
 	}
 	sort.Slice(ents, func(i, j int) bool { return ents[i].Name < ents[j].Name })
-	out := make([]fuse.DirEntry, 0, len(ents))
-	for _, e := range ents {
-		out = append(out, fuse.DirEntry{Name: e.Name, Mode: typeBits(e)})
+	return ents, 0
+}
+
+// OpendirHandle implements gofs.NodeOpendirHandler. The handle lists the
+// directory at its first read and answers the lookups of READDIRPLUS (ls
+// -l, find, du: attributes for every entry) from that listing for the
+// entries this mount has not changed since: a lookup per entry through
+// the journal cost 1.3-2.1 ms per READDIRPLUS of 50 entries in the
+// benchmark's ls -l (uploads running beside it), 0.75-0.8 ms this way.
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	return &dirHandle{d: d}, 0, 0
+}
+
+// dirHandle is an open directory.
+type dirHandle struct {
+	d      *dirNode
+	mu     sync.Mutex
+	listed bool
+	stamp  cache.ListStamp // taken before the listing
+	ents   []cache.Entry   // sorted by name
+	pos    int             // entries read so far (the offset of the next)
+	last   int             // index of the entry Readdirent gave last
+}
+
+var (
+	_ = (gofs.FileReaddirenter)((*dirHandle)(nil))
+	_ = (gofs.FileSeekdirer)((*dirHandle)(nil))
+	_ = (gofs.FileLookuper)((*dirHandle)(nil))
+)
+
+func (h *dirHandle) load(ctx context.Context) syscall.Errno {
+	if h.listed {
+		return 0
 	}
-	return gofs.NewListDirStream(out), 0
+	stamp := h.d.fsys.c.Stamp()
+	ents, errno := h.d.list(ctx)
+	if errno != 0 {
+		return errno
+	}
+	h.ents, h.listed, h.stamp = ents, true, stamp
+	return 0
+}
+
+// Readdirent implements gofs.FileReaddirenter.
+func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if errno := h.load(ctx); errno != 0 {
+		return nil, errno
+	}
+	if h.pos >= len(h.ents) {
+		return nil, 0
+	}
+	e := h.ents[h.pos]
+	h.last = h.pos
+	h.pos++
+	return &fuse.DirEntry{Name: e.Name, Mode: typeBits(e), Off: uint64(h.pos)}, 0
+}
+
+// Seekdir implements gofs.FileSeekdirer (a rewinddir, or a read resumed
+// after an interrupted one).
+func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if off == 0 {
+		// rewinddir: a fresh listing, as a local directory shows what
+		// changed since it was opened.
+		h.listed, h.ents = false, nil
+	}
+	if errno := h.load(ctx); errno != 0 {
+		return errno
+	}
+	if off > uint64(len(h.ents)) {
+		return syscall.EINVAL
+	}
+	h.pos = int(off)
+	return 0
+}
+
+// Lookup implements gofs.FileLookuper: READDIRPLUS asks it for the entry
+// Readdirent gave last.
+func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	h.mu.Lock()
+	var e cache.Entry
+	ok := h.last < len(h.ents) && h.ents[h.last].Name == name
+	if ok {
+		e = h.ents[h.last]
+	}
+	stamp := h.stamp
+	h.mu.Unlock()
+	if ok && !e.Dir {
+		e, ok = h.d.fsys.c.Current(e, stamp)
+	}
+	if !ok || e.Dir {
+		// Changed here since the listing (the kernel must never get
+		// attributes older than what it saw of a local write), or a
+		// directory, whose attributes come from its marker: the full
+		// lookup.
+		return h.d.Lookup(ctx, name, out)
+	}
+	fillAttr(e, &out.Attr)
+	return h.d.fsys.inodeFor(ctx, &h.d.Inode, name, e), 0
 }
 
 // Getattr implements gofs.NodeGetattrer.
