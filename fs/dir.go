@@ -18,7 +18,6 @@ type dirNode struct{ node }
 
 var (
 	_ = (gofs.NodeLookuper)((*dirNode)(nil))
-	_ = (gofs.NodeReaddirer)((*dirNode)(nil))
 	_ = (gofs.NodeOpendirHandler)((*dirNode)(nil))
 	_ = (gofs.NodeGetattrer)((*dirNode)(nil))
 	_ = (gofs.NodeSetattrer)((*dirNode)(nil))
@@ -63,19 +62,6 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	fillAttr(e, &out.Attr)
 	return d.fsys.inodeFor(ctx, &d.Inode, name, e), 0
-}
-
-// Readdir implements gofs.NodeReaddirer.
-func (d *dirNode) Readdir(ctx context.Context) (stream gofs.DirStream, errno syscall.Errno) {
-	ents, errno := d.list(ctx)
-	if errno != 0 {
-		return nil, errno
-	}
-	out := make([]fuse.DirEntry, 0, len(ents))
-	for _, e := range ents {
-		out = append(out, fuse.DirEntry{Name: e.Name, Mode: typeBits(e)})
-	}
-	return gofs.NewListDirStream(out), 0
 }
 
 // list returns the directory's entries sorted by name.
