@@ -260,21 +260,28 @@ func TestFeedSkipsOwnChanges(t *testing.T) {
 	}
 }
 
-// While the feed is down listings are trusted for DirTTL only; when it is
-// live, for FeedDirTTL, but only those started after it became live, since
-// changes in the gap were never seen.
-func TestFeedLiveSwitchesTheListingTTL(t *testing.T) {
-	var fs *feedStore
-	e := newEnvWith(t, func(e *testEnv) {
+// notLiveFeedEnv is a cache over a feedStore whose feed has started but is
+// not live yet, with DirTTL dirTTL and an hour's FeedDirTTL; lists counts
+// the store's LISTs.
+func notLiveFeedEnv(t *testing.T, dirTTL time.Duration) (e *testEnv, fs *feedStore, lists func() int) {
+	t.Helper()
+	e = newEnvWith(t, func(e *testEnv) {
 		fs = &feedStore{Store: e.mem}
 		e.st = fs
 	}, func(o *Options) {
-		o.DirTTL, o.FeedDirTTL = 20*time.Millisecond, time.Hour
+		o.DirTTL, o.FeedDirTTL = dirTTL, time.Hour
 	})
 	if err := e.c.StartFeed(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	lists := func() int { return e.mem.Calls()["List"] }
+	return e, fs, func() int { return e.mem.Calls()["List"] }
+}
+
+// While the feed is down listings are trusted for DirTTL only; when it is
+// live, for FeedDirTTL, but only those started after it became live, since
+// changes in the gap were never seen.
+func TestFeedLiveSwitchesTheListingTTL(t *testing.T) {
+	e, fs, lists := notLiveFeedEnv(t, 20*time.Millisecond)
 	e.c.List(ctxT(t), "")
 	time.Sleep(100 * time.Millisecond)
 	e.c.List(ctxT(t), "")
@@ -407,17 +414,7 @@ func TestFeedEmptyingABigDirectoryStaysFast(t *testing.T) {
 // trusted for the feed's TTL: before, it was listed again every DirTTL
 // until a lookup happened to come after it expired.
 func TestFeedGoingLiveRefreshesListingsMadeBefore(t *testing.T) {
-	var fs *feedStore
-	e := newEnvWith(t, func(e *testEnv) {
-		fs = &feedStore{Store: e.mem}
-		e.st = fs
-	}, func(o *Options) {
-		o.DirTTL, o.FeedDirTTL = 300*time.Millisecond, time.Hour
-	})
-	if err := e.c.StartFeed(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
-	lists := func() int { return e.mem.Calls()["List"] }
+	e, fs, lists := notLiveFeedEnv(t, 300*time.Millisecond)
 	e.mem.Set("d/a.jpg", []byte("a"), "", nil)
 	if names := entryNames(t, e.c, "d/"); len(names) != 1 {
 		t.Fatalf("d/ lists %q", names)
