@@ -169,6 +169,21 @@ func moveIndex(from, to []string, i int) int {
 	return sort.SearchStrings(to, from[i])
 }
 
+// roomFor reports whether a read-ahead of n bytes fits without evicting:
+// the disk keeps its reserve and a margin for the readers' own fetches
+// and the writers, and clean data stays under --cache-size. Read-ahead
+// must not take the room a reader's open or a write needs (on a small
+// cache disk it did: the reader's fetch found the disk full).
+func (p *prefetcher) roomFor(n int64) bool {
+	c := p.c
+	free, total, err := c.diskFree()
+	if err != nil || free-reserve(total) < n+4*aheadBytes {
+		return false
+	}
+	used, _ := c.lru.usage()
+	return c.o.CacheSize <= 0 || used+n+aheadBytes <= c.o.CacheSize
+}
+
 // wanted reports whether read-ahead fetches e: a small file.
 func (p *prefetcher) wanted(e Entry) bool {
 	return !e.Dir && !e.Symlink && e.ETag != "" && e.Size > 0 && e.Size <= p.c.o.WholeFileLimit
@@ -197,7 +212,7 @@ func (p *prefetcher) fetch(e Entry) {
 	}
 	defer func() { <-p.sem }()
 	c := p.c
-	if c.backendDown() || c.recs.has(key) {
+	if c.backendDown() || c.recs.has(key) || !p.roomFor(e.Size) {
 		return
 	}
 	c.mu.Lock()
